@@ -1,6 +1,7 @@
 // ModelConfig: everything that defines a model's architecture. Parsed from the
-// [model] section of an INI file by core/config.cpp; turned into per-layer configs by
-// layers/model.cpp. Defaults describe a tiny CPU model.
+// [model] section of an INI file by core/config.cpp (INI key model.<field>, one per
+// field, same name; validated there); turned into per-layer configs by layers/model.cpp.
+// Defaults describe a tiny CPU model.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -56,8 +57,12 @@ struct ModelConfig {
 
   // initialisation of decays (GDN and Mamba2): A ~ U(a_init_min, a_init_max), stored as A_log;
   // dt log-uniform in [dt_min, dt_max], floored at dt_floor, stored as dt_bias = softplus^-1(dt)
+  // (a_init_min = 0, the published GDN init A ~ U(0, 16), is fine: CounterRng::uniform never
+  // returns exactly 0, so A_log is finite)
   double a_init_min = 1.0, a_init_max = 16.0;
   double dt_min = 1e-3, dt_max = 1e-1, dt_floor = 1e-4;
+
+  bool operator==(const ModelConfig&) const = default;
 };
 
 }  // namespace hysim
