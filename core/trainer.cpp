@@ -1,0 +1,285 @@
+#include "core/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include <omp.h>
+
+#include "core/optimizer.h"
+#include "core/results.h"
+#include "core/schedule.h"
+#include "layers/model.h"
+#include "scaling/accounting.h"
+#include "synthetic_tasks/text_data.h"
+#include "synthetic_tasks/token_shards.h"
+
+namespace hysim {
+
+std::unique_ptr<DataSource> make_data_source(const Config& cfg) {
+  const DataConfig& d = cfg.data;
+  if (d.source == "text") {
+    if (cfg.model.vocab_size < 256)
+      throw std::runtime_error("data.source = text is byte-level and needs model.vocab_size >= 256 (got " +
+                               std::to_string(cfg.model.vocab_size) + ")");
+    return std::make_unique<TextData>(d.path, d.val_fraction, uint64_t(cfg.train.seed));
+  }
+  if (d.source == "tokens") {
+    TokenShardConfig t;
+    t.path = d.path;
+    t.val_fraction = d.val_fraction;
+    t.dtype = d.token_dtype;
+    t.vocab_size = cfg.model.vocab_size;
+    t.seed = uint64_t(cfg.train.seed);
+    return std::make_unique<TokenShards>(t);
+  }
+  throw std::runtime_error("data.source = " + d.source +
+                           ": no such data source (available: text, tokens)");
+}
+
+std::string run_results_path(const Config& cfg) {
+  return results_path(cfg.run.out_dir, cfg.run.experiment, cfg.run.name);
+}
+std::string run_checkpoint_path(const Config& cfg) {
+  return (std::filesystem::path(cfg.run.out_dir) / cfg.run.experiment / (cfg.run.name + ".ckpt.h5")).string();
+}
+
+template <class T> std::vector<NamedTensor> store_tensors(const ParamStore<T>& store) {
+  std::vector<NamedTensor> out;
+  for (size_t i = 0; i < store.specs.size(); ++i) {
+    const T* p = store.value.data() + store.offsets[i];
+    out.push_back({store.specs[i].name, store.specs[i].shape, std::vector<float>(p, p + store.specs[i].numel())});
+  }
+  return out;
+}
+
+template <class T>
+void load_store_tensors(ParamStore<T>& store, const std::vector<NamedTensor>& tensors, const std::string& what) {
+  std::map<std::string, const NamedTensor*> by_name;
+  for (const NamedTensor& t : tensors) by_name[t.name] = &t;
+  for (size_t i = 0; i < store.specs.size(); ++i) {
+    const ParamSpec& s = store.specs[i];
+    auto it = by_name.find(s.name);
+    if (it == by_name.end())
+      throw std::runtime_error(what + ": parameter " + s.name + " " + shape_str(s.shape) +
+                               " is missing (does the checkpoint match this model config?)");
+    if (it->second->shape != s.shape)
+      throw std::runtime_error(what + ": parameter " + s.name + " has shape " + shape_str(it->second->shape) +
+                               " but the model config gives " + shape_str(s.shape));
+    std::copy(it->second->data.begin(), it->second->data.end(), store.value.begin() + store.offsets[i]);
+  }
+}
+
+namespace {
+
+// One status line, rewritten in place on a terminal; plain log lines otherwise.
+class Progress {
+ public:
+  explicit Progress(bool quiet) : quiet_(quiet), tty_(isatty(STDOUT_FILENO)) {}
+  void update(const std::string& line, bool log_line) {
+    if (quiet_) return;
+    if (tty_) std::printf("\r%s\x1b[K", line.c_str());
+    else if (log_line) std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  }
+  void message(const std::string& line) {
+    if (quiet_) return;
+    std::printf(tty_ ? "\r%s\x1b[K\n" : "%s\n", line.c_str());
+    std::fflush(stdout);
+  }
+  void finish() {
+    if (!quiet_ && tty_) std::printf("\n");
+  }
+
+ private:
+  bool quiet_, tty_;
+};
+
+std::string format_duration(double s) {
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+  else std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+  return buf;
+}
+
+ScheduleConfig schedule_config(const TrainConfig& t) {
+  ScheduleConfig s;
+  s.kind = t.schedule;
+  s.lr = t.lr;
+  s.min_lr_ratio = t.min_lr_ratio;
+  s.warmup_steps = t.warmup_steps;
+  s.total_steps = t.steps;
+  s.decay_fraction = t.decay_fraction;
+  s.wsds_decays = t.wsds_decays;
+  return s;
+}
+
+double evaluate(Model<float>& model, const DataSource& data, const Config& cfg) {
+  const int64_t B = cfg.train.batch_size, T = cfg.train.seq_len;
+  int64_t n = cfg.train.eval_batches;
+  const int64_t distinct = data.val_batch_count(B, T);
+  if (distinct > 0) n = std::min(n, distinct);
+  Batch b;
+  double loss_sum = 0, w_sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    data.val_batch(i, B, T, b);
+    const StepStats s = model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, T, 0.0, false);
+    loss_sum += s.loss * s.weight_sum;
+    w_sum += s.weight_sum;
+  }
+  return w_sum > 0 ? loss_sum / w_sum : std::nan("");
+}
+
+}  // namespace
+
+TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
+  validate(cfg);
+  if (cfg.run.device != "cpu")
+    throw std::runtime_error("run.device = " + cfg.run.device + ": this binary has only the CPU backend");
+  if (cfg.run.threads > 0) omp_set_num_threads(int(cfg.run.threads));
+  const TrainConfig& tc = cfg.train;
+  const int64_t B = tc.batch_size, T = tc.seq_len;
+
+  std::unique_ptr<DataSource> data = make_data_source(cfg);
+  if (data->vocab_size() > cfg.model.vocab_size)
+    throw std::runtime_error("data source " + data->name() + " has vocabulary " + std::to_string(data->vocab_size()) +
+                             " > model.vocab_size " + std::to_string(cfg.model.vocab_size));
+  Model<float> model(cfg.model, B, T);
+  model.init(uint64_t(tc.seed));
+  AdamWConfig ac;
+  ac.beta1 = tc.beta1;
+  ac.beta2 = tc.beta2;
+  ac.eps = tc.adam_eps;
+  ac.weight_decay = tc.weight_decay;
+  AdamW<float> adam(param_groups(model.store), ac);
+  const ScheduleConfig sched = schedule_config(tc);
+
+  TrainOutcome out;
+  out.results_path = run_results_path(cfg);
+  out.checkpoint_path = run_checkpoint_path(cfg);
+  out.val_loss = std::nan("");
+  const std::string config_text = to_ini(cfg);
+
+  int64_t start = 0;
+  std::unique_ptr<RunResults> results;
+  if (!cfg.run.resume.empty()) {
+    Checkpoint ck = load_checkpoint(cfg.run.resume);
+    load_store_tensors(model.store, ck.params, "checkpoint " + cfg.run.resume);
+    adam.load_state_tensors(ck.optimizer);
+    adam.set_step_count(ck.step);
+    start = ck.step;
+    if (std::filesystem::exists(out.results_path)) {
+      results = std::make_unique<RunResults>(RunResults::load(out.results_path));
+      results->truncate_after(start);  // rows after the checkpoint are recomputed
+    }
+  }
+  if (!results) {
+    RunAttributes attrs;
+    attrs.config_text = config_text;
+    attrs.backend = "cpu";
+    attrs.extra["experiment"] = cfg.run.experiment;
+    attrs.extra["run"] = cfg.run.name;
+    attrs.extra["data"] = data->name();
+    results = std::make_unique<RunResults>(out.results_path, attrs);
+    const ParamCounts pc = count_params(cfg.model);
+    results->set_model_counts({{"total", pc.total()}, {"embedding", pc.embedding}, {"attention", pc.attention},
+                               {"gdn", pc.gdn}, {"mamba2", pc.mamba2}, {"mlp", pc.mlp}, {"norms", pc.norms},
+                               {"lm_head", pc.lm_head}, {"non_embedding", pc.non_embedding()}});
+  }
+
+  auto save_ckpt = [&](int64_t step) {
+    Checkpoint ck;
+    ck.step = step;
+    ck.config_text = config_text;
+    ck.params = store_tensors(model.store);
+    ck.optimizer = adam.state_tensors();
+    ck.rng_state = {uint64_t(tc.seed)};
+    ck.data_cursor = {step * tc.grad_accum};
+    ck.meta["backend"] = "cpu";
+    save_checkpoint(out.checkpoint_path, ck);
+  };
+
+  Progress progress(opt.quiet);
+  progress.message("hysim train: " + std::to_string(model.store.size()) + " parameters, " + data->name() +
+                   ", results " + out.results_path);
+  const double flops_per_step = 3.0 * double(model.forward_flops(B, T)) * double(tc.grad_accum);
+  const int64_t tokens_per_step = B * T * tc.grad_accum;
+  Batch batch;
+  const auto t_start = std::chrono::steady_clock::now();
+  for (int64_t step = start; step < tc.steps; ++step) {
+    model.store.zero_grad();
+    double loss = 0;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      data->train_batch(step * tc.grad_accum + micro, B, T, batch);
+      const StepStats s = model.forward_backward(batch.tokens.data(), batch.targets.data(), batch.loss_mask.data(),
+                                                 B, T, tc.z_loss, true);
+      loss += s.loss / double(tc.grad_accum);
+    }
+    if (tc.grad_accum > 1)
+      for (float& g : model.store.grad) g /= float(tc.grad_accum);
+    const double lr = lr_at(sched, step);
+    const double gnorm = std::isfinite(loss) ? adam.update(model.store.value.data(), model.store.grad.data(), lr,
+                                                           tc.grad_clip)
+                                             : std::nan("");
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      const std::string what = !std::isfinite(loss) ? "loss" : "gradient norm";
+      const std::string msg = "non-finite " + what + " at step " + std::to_string(step) + " (loss " +
+                              std::to_string(loss) + ", grad norm " + std::to_string(gnorm) +
+                              "); stopped without updating. The last good checkpoint is " +
+                              (std::filesystem::exists(out.checkpoint_path) ? out.checkpoint_path : "(none written yet)");
+      results->add_event(step, msg);
+      results->flush();
+      progress.finish();
+      throw TrainingError(msg);
+    }
+    out.train_loss = loss;
+    out.steps_done = step + 1;
+
+    const bool last = step + 1 == tc.steps;
+    const bool eval_now = (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last;
+    const bool log_now = (tc.log_every > 0 && (step + 1) % tc.log_every == 0) || eval_now || step == start;
+    const auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double>(now - t_start).count();
+    const double tok_s = double((step + 1 - start) * tokens_per_step) / std::max(elapsed, 1e-9);
+    if (eval_now) out.val_loss = evaluate(model, *data, cfg);
+    if (log_now) {
+      MetricsRow row;
+      row.step = step + 1;
+      row.tokens = (step + 1) * tokens_per_step;
+      row.flops = double(step + 1) * flops_per_step;
+      row.train_loss = loss;
+      row.val_loss = eval_now ? out.val_loss : std::nan("");
+      row.lr = lr;
+      row.grad_norm = gnorm;
+      row.tokens_per_s = tok_s;
+      results->append_metrics(row);
+    }
+    const bool ckpt_now = (tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || last;
+    // Results first: a checkpoint never gets ahead of the history that leads to it.
+    if (eval_now || ckpt_now) results->flush();
+    if (ckpt_now) save_ckpt(step + 1);
+
+    const double eta = elapsed / double(step + 1 - start) * double(tc.steps - step - 1);
+    char line[256];
+    std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f%s | lr %.2e | %.0f tok/s | ETA %s",
+                  (long long)(step + 1), (long long)tc.steps, loss,
+                  eval_now ? (" | val " + std::to_string(out.val_loss).substr(0, 6)).c_str() : "", lr, tok_s,
+                  format_duration(eta).c_str());
+    progress.update(line, log_now);
+    if (opt.on_step) opt.on_step(step + 1);
+  }
+  results->flush();
+  progress.finish();
+  return out;
+}
+
+template std::vector<NamedTensor> store_tensors<float>(const ParamStore<float>&);
+template std::vector<NamedTensor> store_tensors<double>(const ParamStore<double>&);
+template void load_store_tensors<float>(ParamStore<float>&, const std::vector<NamedTensor>&, const std::string&);
+template void load_store_tensors<double>(ParamStore<double>&, const std::vector<NamedTensor>&, const std::string&);
+
+}  // namespace hysim

@@ -1,0 +1,257 @@
+// hysim: the command-line interface.
+//
+//   hysim train   -c run.ini [--section.key=value ...]      train, write results + checkpoints
+//   hysim info    -c run.ini [--gpus N] [--zero1] ...      parameters, FLOPs, memory
+//   hysim forward -c run.ini --checkpoint C --tokens F --out O.h5   logits of a checkpoint
+//   hysim eval    -c run.ini --checkpoint C                validation loss of a checkpoint
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/hdf5_io.h"
+#include "core/trainer.h"
+#include "core/version.h"
+#include "layers/model.h"
+#include "scaling/accounting.h"
+#include "synthetic_tasks/token_shards.h"
+
+using namespace hysim;
+
+namespace {
+
+struct Args {
+  std::string config;                     // -c / --config
+  std::vector<std::string> overrides;     // --section.key=value
+  std::map<std::string, std::string> opts;  // subcommand options --name value / --flag
+  bool help = false;
+};
+
+// Options of a subcommand: name -> takes a value.
+using OptSpec = std::map<std::string, bool>;
+
+Args parse_args(int argc, char** argv, int first, const OptSpec& spec) {
+  Args a;
+  for (int i = first; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "-h" || s == "--help") { a.help = true; continue; }
+    if (s == "-c" || s == "--config") {
+      if (i + 1 >= argc) throw std::runtime_error(s + " needs a path");
+      a.config = argv[++i];
+      continue;
+    }
+    if (s.rfind("--", 0) == 0) {
+      std::string name = s.substr(2), value;
+      const auto eq = name.find('=');
+      if (eq != std::string::npos) value = name.substr(eq + 1), name = name.substr(0, eq);
+      if (name.find('.') != std::string::npos) { a.overrides.push_back(s); continue; }
+      auto it = spec.find(name);
+      if (it == spec.end()) throw std::runtime_error("unknown option --" + name + " (see --help)");
+      if (it->second && eq == std::string::npos) {
+        if (i + 1 >= argc) throw std::runtime_error("--" + name + " needs a value");
+        value = argv[++i];
+      }
+      a.opts[name] = it->second ? value : "1";
+      continue;
+    }
+    throw std::runtime_error("unexpected argument '" + s + "' (see --help)");
+  }
+  return a;
+}
+
+Config load_config(const Args& a) {
+  if (!a.config.empty() && !std::filesystem::exists(a.config))
+    throw std::runtime_error("config file " + a.config + " does not exist");
+  return parse_config(a.config, a.overrides);
+}
+
+std::string opt(const Args& a, const std::string& k, const std::string& def = "") {
+  auto it = a.opts.find(k);
+  return it == a.opts.end() ? def : it->second;
+}
+
+const char* kUsage =
+    "hysim " "— research simulator for hybrid language models\n\n"
+    "usage: hysim <command> [-c config.ini] [--section.key=value ...] [options]\n\n"
+    "commands:\n"
+    "  train     train a model as configured; writes results/<experiment>/<run>.h5 and .ckpt.h5\n"
+    "  info      parameter counts, FLOPs per token and memory per device of a config\n"
+    "  forward   logits of a checkpoint for a token file, written to HDF5\n"
+    "  eval      validation loss and accuracy of a checkpoint\n"
+    "  config    print the fully resolved config (and, with --keys, every key with its meaning)\n\n"
+    "Every config key can be overridden on the command line, e.g. --model.d_model=512.\n"
+    "`hysim <command> --help` for the command's options.\n";
+
+int cmd_train(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {{"resume", true}, {"quiet", false}});
+  if (a.help) {
+    std::printf(
+        "usage: hysim train -c run.ini [--section.key=value ...] [--resume CHECKPOINT] [--quiet]\n\n"
+        "Trains as configured, printing one progress line (step, loss, lr, tokens/s, ETA).\n"
+        "Writes <run.out_dir>/<run.experiment>/<run.name>.h5 (metrics, eval, config; flushed at\n"
+        "every eval and checkpoint) and <run.name>.ckpt.h5 (every train.checkpoint_every steps and\n"
+        "at the end). --resume continues from a checkpoint so that the continued run equals an\n"
+        "uninterrupted one.\n");
+    return 0;
+  }
+  if (a.opts.count("resume")) a.overrides.push_back("--run.resume=" + a.opts["resume"]);
+  Config cfg = load_config(a);
+  const bool quiet = a.opts.count("quiet");
+  if (!quiet) std::printf("# resolved config (hysim %s, %s)\n%s\n", version_string(), git_hash(), to_ini(cfg).c_str());
+  TrainOptions o;
+  o.quiet = quiet;
+  TrainOutcome r = train(cfg, o);
+  std::printf("done: %lld steps, train loss %.4f, val loss %.4f\nresults:    %s\ncheckpoint: %s\n",
+              (long long)r.steps_done, r.train_loss, r.val_loss, r.results_path.c_str(), r.checkpoint_path.c_str());
+  return 0;
+}
+
+int cmd_info(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2,
+                      {{"gpus", true}, {"zero1", false}, {"micro-batch", true}, {"seq-len", true}, {"bytes", true}});
+  if (a.help) {
+    std::printf(
+        "usage: hysim info -c model.ini [--gpus N] [--zero1] [--micro-batch B] [--seq-len T] [--bytes 2|4]\n\n"
+        "Parameter count by kind (embedding / attention / GDN / Mamba2 / MLP / norms / head), FLOPs per\n"
+        "token (forward and forward+backward) at the sequence length, and memory per device for\n"
+        "parameters, gradients, optimizer state and activations, with and without activation\n"
+        "checkpointing, for N data-parallel GPUs with or without ZeRO-1.\n");
+    return 0;
+  }
+  Config cfg = load_config(a);
+  MemoryOptions mo;
+  mo.data_parallel = std::stoll(opt(a, "gpus", "1"));
+  mo.zero1 = a.opts.count("zero1");
+  mo.micro_batch = std::stoll(opt(a, "micro-batch", std::to_string(cfg.train.batch_size)));
+  mo.seq_len = std::stoll(opt(a, "seq-len", std::to_string(cfg.train.seq_len)));
+  const int64_t bytes = std::stoll(opt(a, "bytes", "2"));
+  mo.param_bytes = mo.grad_bytes = mo.act_bytes = bytes;
+  mo.master_bytes = bytes >= 4 ? 0 : 4;
+  std::printf("%s", accounting_report(cfg, mo).c_str());
+  // Cross-check: the layers' own parameter declarations, counted without allocating.
+  ModelParams<float> p;
+  int64_t declared = 0;
+  visit_params(cfg.model, p, [&](float*&, const ParamSpec& s) { declared += s.numel(); });
+  const int64_t counted = count_params(cfg.model).total();
+  std::printf("parameters declared by the layers: %lld (%s the accounting)\n", (long long)declared,
+              declared == counted ? "matches" : "DIFFERS FROM");
+  return declared == counted ? 0 : 1;
+}
+
+// Tokens from .npy / .bin (token_shards) or, for other files, the bytes of the file.
+std::vector<int32_t> read_tokens(const std::string& path, const Config& cfg) {
+  if (!std::filesystem::exists(path)) throw std::runtime_error("token file " + path + " does not exist");
+  const std::string ext = std::filesystem::path(path).extension();
+  std::vector<int32_t> toks;
+  if (ext == ".npy" || ext == ".bin") {
+    TokenFile f(path, cfg.data.token_dtype);
+    toks.resize(f.size());
+    f.read(0, f.size(), cfg.model.vocab_size, toks.data());
+  } else {
+    std::FILE* fp = std::fopen(path.c_str(), "rb");
+    for (int ch; (ch = std::fgetc(fp)) != EOF;) toks.push_back(ch);
+    std::fclose(fp);
+  }
+  return toks;
+}
+
+int cmd_forward(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {{"checkpoint", true}, {"tokens", true}, {"out", true}, {"max-tokens", true}});
+  if (a.help || !a.opts.count("checkpoint") || !a.opts.count("tokens") || !a.opts.count("out")) {
+    std::printf(
+        "usage: hysim forward -c model.ini --checkpoint C.h5 --tokens F --out logits.h5 [--max-tokens N]\n\n"
+        "Runs the model of checkpoint C on the token sequence in F (.npy or raw .bin token ids, or any\n"
+        "other file as bytes) and writes datasets `tokens` [T] and `logits` [T, vocab] (float32).\n");
+    return a.help ? 0 : 2;
+  }
+  Config cfg = load_config(a);
+  Checkpoint ck = load_checkpoint(a.opts["checkpoint"]);
+  std::vector<int32_t> toks = read_tokens(a.opts["tokens"], cfg);
+  if (a.opts.count("max-tokens")) toks.resize(std::min<size_t>(toks.size(), std::stoull(a.opts["max-tokens"])));
+  if (toks.empty()) throw std::runtime_error("token file " + a.opts["tokens"] + " is empty");
+  const int64_t T = int64_t(toks.size()), V = cfg.model.vocab_size;
+  Model<float> model(cfg.model, 1, T);
+  load_store_tensors(model.store, ck.params, "checkpoint " + a.opts["checkpoint"]);
+  std::vector<float> logits(size_t(T * V));
+  model.forward_logits(toks.data(), 1, T, logits.data());
+  h5::write_file_atomically(a.opts["out"], [&](h5::File& f) {
+    std::vector<int64_t> t64(toks.begin(), toks.end());
+    f.write("tokens", t64);
+    f.write("logits", logits.data(), Shape{T, V});
+    f.set_attr("checkpoint", a.opts["checkpoint"]);
+  });
+  std::printf("wrote %s: logits [%lld, %lld]\n", a.opts["out"].c_str(), (long long)T, (long long)V);
+  return 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {{"checkpoint", true}});
+  if (a.help || !a.opts.count("checkpoint")) {
+    std::printf(
+        "usage: hysim eval -c run.ini --checkpoint C.h5 [--train.eval_batches=N] [--train.seq_len=T]\n\n"
+        "Validation loss (nats/token) and next-token accuracy of a checkpoint on the configured data,\n"
+        "at train.seq_len and at every length in eval.lengths.\n");
+    return a.help ? 0 : 2;
+  }
+  Config cfg = load_config(a);
+  Checkpoint ck = load_checkpoint(a.opts["checkpoint"]);
+  auto data = make_data_source(cfg);
+  std::vector<int64_t> lengths = cfg.eval.lengths;
+  if (lengths.empty()) lengths.push_back(cfg.train.seq_len);
+  const int64_t B = cfg.train.batch_size;
+  std::printf("| length | val loss | accuracy |\n|---|---|---|\n");
+  for (int64_t T : lengths) {
+    Model<float> model(cfg.model, B, T);
+    load_store_tensors(model.store, ck.params, "checkpoint " + a.opts["checkpoint"]);
+    Batch b;
+    double loss = 0, w = 0, correct = 0;
+    for (int64_t i = 0; i < cfg.train.eval_batches; ++i) {
+      data->val_batch(i, B, T, b);
+      StepStats s = model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, T, 0.0, false);
+      loss += s.loss * s.weight_sum;
+      w += s.weight_sum;
+      correct += double(s.n_correct);
+    }
+    std::printf("| %lld | %.4f | %.4f |\n", (long long)T, loss / w, correct / w);
+  }
+  return 0;
+}
+
+int cmd_config(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {{"keys", false}});
+  if (a.help) {
+    std::printf("usage: hysim config [-c run.ini] [--section.key=value ...] [--keys]\n");
+    return 0;
+  }
+  if (a.opts.count("keys")) std::printf("%s", config_help().c_str());
+  else std::printf("%s", to_ini(load_config(a)).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help")) {
+    std::printf("%s", kUsage);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "train") return cmd_train(argc, argv);
+    if (cmd == "info") return cmd_info(argc, argv);
+    if (cmd == "forward") return cmd_forward(argc, argv);
+    if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "config") return cmd_config(argc, argv);
+    if (cmd == "--version") return std::printf("hysim %s (%s)\n", version_string(), git_hash()), 0;
+    std::fprintf(stderr, "hysim: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nhysim %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,151 @@
+// The training loop end to end: loss goes down, results are readable, a run killed with
+// SIGKILL and resumed from its checkpoint ends with exactly the parameters of an
+// uninterrupted run, and a diverging run stops with a clear error.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "core/checkpoint.h"
+#include "core/hdf5_io.h"
+#include "core/trainer.h"
+
+extern char** environ;
+using namespace hysim;
+namespace fs = std::filesystem;
+
+static fs::path scratch(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("hysim_test_trainer_" + std::to_string(getpid())) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// A small byte-level GGGA hybrid on tinyshakespeare: a few ms per step.
+static std::vector<std::string> tiny_overrides(const fs::path& out, const std::string& run, int64_t steps) {
+  return {"--model.pattern=GGWA", "--model.n_layers=4", "--model.d_model=32", "--model.d_mlp=64",
+          "--model.n_heads=2", "--model.n_kv_heads=2", "--model.d_head=16", "--model.window=16",
+          "--model.gdn_n_heads=2", "--model.gdn_n_v_heads=2", "--model.gdn_d_head_k=8",
+          "--model.gdn_d_head_v=16", "--model.gdn_chunk=16", "--model.vocab_size=256",
+          "--train.batch_size=4", "--train.seq_len=32", "--train.steps=" + std::to_string(steps),
+          "--train.lr=3e-3", "--train.warmup_steps=5", "--train.eval_every=10", "--train.eval_batches=2",
+          "--train.log_every=1", "--data.source=text",
+          std::string("--data.path=") + HYSIM_SOURCE_DIR + "/data/tinyshakespeare.txt", "--run.out_dir=" + out.string(),
+          "--run.experiment=t", "--run.name=" + run};
+}
+
+// Sets --key=value in an override list, replacing an earlier value of the key.
+static std::vector<std::string> with(std::vector<std::string> ov, const std::string& key, const std::string& value) {
+  const std::string prefix = "--" + key + "=";
+  std::erase_if(ov, [&](const std::string& s) { return s.rfind(prefix, 0) == 0; });
+  ov.push_back(prefix + value);
+  return ov;
+}
+
+TEST_CASE("trainer: loss decreases and the results file has the metrics") {
+  fs::path out = scratch("basic");
+  Config cfg = parse_config("", tiny_overrides(out, "r", 30));
+  TrainOptions o;
+  o.quiet = true;
+  TrainOutcome r = train(cfg, o);
+  CHECK(r.steps_done == 30);
+  CHECK(std::isfinite(r.val_loss));
+  CHECK(r.val_loss < std::log(256.0) - 1.0);  // well below the uniform guess (5.55 nats)
+  h5::File f = h5::File::open(r.results_path);
+  std::vector<double> loss = f.read<double>("metrics/train_loss");
+  REQUIRE(loss.size() == 30);
+  CHECK(loss.back() < loss.front() - 1.0);
+  CHECK(f.attr_string("config").find("pattern = GGWA") != std::string::npos);
+  Checkpoint ck = load_checkpoint(r.checkpoint_path);
+  CHECK(ck.step == 30);
+}
+
+TEST_CASE("trainer: kill -9 mid-run, resume, and the final parameters equal an uninterrupted run") {
+  const int64_t steps = 300;
+  fs::path out = scratch("resume");
+  // Uninterrupted reference, in process.
+  TrainOptions quiet;
+  quiet.quiet = true;
+  TrainOutcome ref = train(parse_config("", tiny_overrides(out, "ref", steps)), quiet);
+
+  // The same run through the CLI, checkpointing every 7 steps, killed after its first checkpoint.
+  std::vector<std::string> args = {HYSIM_BIN, "train", "--quiet", "--train.checkpoint_every=7"};
+  for (auto& s : tiny_overrides(out, "killed", steps)) args.push_back(s);
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  pid_t pid;
+  REQUIRE(posix_spawn(&pid, HYSIM_BIN, nullptr, nullptr, argv.data(), environ) == 0);
+  const fs::path ckpt = out / "t" / "killed.ckpt.h5";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(ckpt) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  REQUIRE(fs::exists(ckpt));
+  CHECK(WIFSIGNALED(status));  // it really was killed, not finished
+  const int64_t killed_at = load_checkpoint(ckpt.string()).step;
+  MESSAGE("killed after the checkpoint at step " << killed_at << " of " << steps);
+  CHECK(killed_at < steps);
+
+  std::vector<std::string> ov = with(tiny_overrides(out, "killed", steps), "train.checkpoint_every", "7");
+  ov = with(ov, "run.resume", ckpt.string());
+  TrainOutcome resumed = train(parse_config("", ov), quiet);
+  CHECK(resumed.steps_done == steps);
+
+  Checkpoint a = load_checkpoint(ref.checkpoint_path), b = load_checkpoint(resumed.checkpoint_path);
+  REQUIRE(a.params.size() == b.params.size());
+  size_t differing = 0;
+  for (size_t i = 0; i < a.params.size(); ++i) differing += a.params[i].data != b.params[i].data;
+  CHECK(differing == 0);
+  CHECK(resumed.train_loss == ref.train_loss);  // bit-identical loss at the last step
+  // The resumed results file continues the killed run's history without gaps or repeats.
+  std::vector<int64_t> st = h5::File::open(resumed.results_path).read<int64_t>("metrics/step");
+  REQUIRE(st.size() == size_t(steps));
+  for (int64_t i = 0; i < steps; ++i) CHECK(st[i] == i + 1);
+}
+
+TEST_CASE("trainer: a diverging run stops at a non-finite loss, names the step, keeps the checkpoint") {
+  fs::path out = scratch("nan");
+  std::vector<std::string> ov = tiny_overrides(out, "nan", 20);
+  ov = with(ov, "train.lr", "1e30");
+  ov = with(ov, "train.warmup_steps", "0");
+  ov = with(ov, "train.grad_clip", "0");
+  ov = with(ov, "train.weight_decay", "0");
+  ov = with(ov, "train.checkpoint_every", "1");
+  TrainOptions o;
+  o.quiet = true;
+  std::string msg;
+  try {
+    train(parse_config("", ov), o);
+  } catch (const TrainingError& e) {
+    msg = e.what();
+  }
+  MESSAGE(msg);
+  REQUIRE(!msg.empty());
+  CHECK(msg.find("non-finite") != std::string::npos);
+  CHECK(msg.find("at step ") != std::string::npos);
+  const fs::path ckpt = out / "t" / "nan.ckpt.h5";
+  CHECK(fs::exists(ckpt));
+  CHECK_NOTHROW(load_checkpoint(ckpt.string()));  // the last good checkpoint is intact
+  h5::File f = h5::File::open((out / "t" / "nan.h5").string());
+  CHECK(f.exists("events"));
+}
+
+TEST_CASE("trainer: bad inputs are refused with a message naming them") {
+  fs::path out = scratch("bad");
+  TrainOptions o;
+  o.quiet = true;
+  auto ov = with(tiny_overrides(out, "x", 10), "data.path", "/nonexistent/corpus.txt");
+  CHECK_THROWS_WITH(train(parse_config("", ov), o), doctest::Contains("/nonexistent/corpus.txt"));
+  ov = with(tiny_overrides(out, "x", 10), "run.resume", "/nonexistent/ckpt.h5");
+  CHECK_THROWS_WITH(train(parse_config("", ov), o), doctest::Contains("/nonexistent/ckpt.h5"));
+}
