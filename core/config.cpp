@@ -72,6 +72,9 @@ template <class C, class V> void visit_fields(C& c, V&& v) {
   v("train.schedule", t.schedule, "cosine | wsd | wsds");
   v("train.decay_fraction", t.decay_fraction, "wsd/wsds: decay length as a fraction of steps");
   v("train.wsds_decays", t.wsds_decays, "wsds: step fractions where a decay branch starts (e.g. 0.25,0.5,1.0)");
+  v("train.wsds_branch", t.wsds_branch,
+    "wsds: -1 = the stable main run (saves <run>.stable<step>.ckpt.h5 at each branch start); k = decay branch k, "
+    "resumed from that checkpoint");
   v("train.beta1", t.beta1, "AdamW beta1");
   v("train.beta2", t.beta2, "AdamW beta2");
   v("train.adam_eps", t.adam_eps, "AdamW eps");
@@ -452,6 +455,11 @@ std::vector<std::string> config_problems(const Config& c) {
                "of warmup (train.warmup_steps = " + fmt(t.warmup_steps) + ")");
     }
   }
+  need(t.wsds_branch >= -1, is("train.wsds_branch", t.wsds_branch) + " must be -1 (main run) or a branch index");
+  if (t.wsds_branch >= 0)
+    need(t.schedule == "wsds" && t.wsds_branch < int64_t(t.wsds_decays.size()),
+         is("train.wsds_branch", t.wsds_branch) + " needs train.schedule = wsds and an index below the " +
+             fmt(int64_t(t.wsds_decays.size())) + " entries of train.wsds_decays");
   need(t.beta1 >= 0 && t.beta1 < 1, is("train.beta1", t.beta1) + " must be in [0, 1)");
   need(t.beta2 >= 0 && t.beta2 < 1, is("train.beta2", t.beta2) + " must be in [0, 1)");
   positive("train.adam_eps", t.adam_eps);

@@ -39,6 +39,7 @@ struct TrainConfig {
   std::string schedule = "cosine";  // cosine | wsd (warmup-stable-decay) | wsds (WSD with decay branches)
   double decay_fraction = 0.2;      // wsd: the last decay_fraction of steps decay to min_lr; wsds: branch length
   std::vector<double> wsds_decays = {1.0};  // wsds: step fractions at which a decay branch starts
+  int64_t wsds_branch = -1;         // wsds: -1 = the stable main run; k = decay branch k (see core/trainer.h)
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   double weight_decay = 0.1;        // AdamW, decoupled; applied to ParamSpec::weight_decay tensors only
   double grad_clip = 1.0;           // global grad-norm clip; 0 = off

@@ -48,6 +48,12 @@ std::string run_checkpoint_path(const Config& cfg) {
   return (std::filesystem::path(cfg.run.out_dir) / cfg.run.experiment / (cfg.run.name + ".ckpt.h5")).string();
 }
 
+std::string stable_checkpoint_path(const Config& cfg, int64_t step) {
+  return (std::filesystem::path(cfg.run.out_dir) / cfg.run.experiment /
+          (cfg.run.name + ".stable" + std::to_string(step) + ".ckpt.h5"))
+      .string();
+}
+
 template <class T> std::vector<NamedTensor> store_tensors(const ParamStore<T>& store) {
   std::vector<NamedTensor> out;
   for (size_t i = 0; i < store.specs.size(); ++i) {
@@ -191,7 +197,19 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
                                {"lm_head", pc.lm_head}, {"non_embedding", pc.non_embedding()}});
   }
 
-  auto save_ckpt = [&](int64_t step) {
+  // WSDS: the main run keeps the stable lr and saves a checkpoint where each decay branch
+  // starts; branch k resumes from it and ends at its own length.
+  const int64_t branch = tc.schedule == "wsds" ? tc.wsds_branch : -1;
+  std::vector<WsdsBranch> branches;
+  if (tc.schedule == "wsds") branches = wsds_branches(sched);
+  const int64_t end_step = branch >= 0 ? branches[size_t(branch)].end : tc.steps;
+  if (branch >= 0 && start != branches[size_t(branch)].start)
+    throw std::runtime_error("train.wsds_branch = " + std::to_string(branch) + " starts at step " +
+                             std::to_string(branches[size_t(branch)].start) + ": resume it from the main run's " +
+                             "<run>.stable" + std::to_string(branches[size_t(branch)].start) +
+                             ".ckpt.h5, not from a checkpoint of step " + std::to_string(start));
+
+  auto save_ckpt = [&](int64_t step, const std::string& path) {
     Checkpoint ck;
     ck.step = step;
     ck.config_text = config_text;
@@ -200,7 +218,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     ck.rng_state = {uint64_t(tc.seed)};
     ck.data_cursor = {step * tc.grad_accum};
     ck.meta["backend"] = "cpu";
-    save_checkpoint(out.checkpoint_path, ck);
+    save_checkpoint(path, ck);
   };
 
   Progress progress(opt.quiet);
@@ -210,7 +228,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   const int64_t tokens_per_step = B * T * tc.grad_accum;
   Batch batch;
   const auto t_start = std::chrono::steady_clock::now();
-  for (int64_t step = start; step < tc.steps; ++step) {
+  for (int64_t step = start; step < end_step; ++step) {
     model.store.zero_grad();
     double loss = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
@@ -221,7 +239,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     }
     if (tc.grad_accum > 1)
       for (float& g : model.store.grad) g /= float(tc.grad_accum);
-    const double lr = lr_at(sched, step);
+    const double lr = lr_at(sched, step, branch);
     const double gnorm = std::isfinite(loss) ? adam.update(model.store.value.data(), model.store.grad.data(), lr,
                                                            tc.grad_clip)
                                              : std::nan("");
@@ -239,7 +257,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     out.train_loss = loss;
     out.steps_done = step + 1;
 
-    const bool last = step + 1 == tc.steps;
+    const bool last = step + 1 == end_step;
     const bool eval_now = (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last;
     const bool log_now = (tc.log_every > 0 && (step + 1) % tc.log_every == 0) || eval_now || step == start;
     const auto now = std::chrono::steady_clock::now();
@@ -261,12 +279,15 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     const bool ckpt_now = (tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || last;
     // Results first: a checkpoint never gets ahead of the history that leads to it.
     if (eval_now || ckpt_now) results->flush();
-    if (ckpt_now) save_ckpt(step + 1);
+    if (ckpt_now) save_ckpt(step + 1, out.checkpoint_path);
+    if (branch < 0)
+      for (const WsdsBranch& wb : branches)
+        if (wb.start == step + 1) save_ckpt(step + 1, stable_checkpoint_path(cfg, step + 1));
 
-    const double eta = elapsed / double(step + 1 - start) * double(tc.steps - step - 1);
+    const double eta = elapsed / double(step + 1 - start) * double(end_step - step - 1);
     char line[256];
     std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f%s | lr %.2e | %.0f tok/s | ETA %s",
-                  (long long)(step + 1), (long long)tc.steps, loss,
+                  (long long)(step + 1), (long long)end_step, loss,
                   eval_now ? (" | val " + std::to_string(out.val_loss).substr(0, 6)).c_str() : "", lr, tok_s,
                   format_duration(eta).c_str());
     progress.update(line, log_now);

@@ -20,6 +20,11 @@ std::unique_ptr<DataSource> make_data_source(const Config& cfg);
 // Where a run writes: <out_dir>/<experiment>/<name>.h5 and <name>.ckpt.h5.
 std::string run_results_path(const Config& cfg);
 std::string run_checkpoint_path(const Config& cfg);
+// WSDS main run (train.schedule = wsds, train.wsds_branch = -1): the checkpoint saved at
+// `step`, where a decay branch starts. Branch k is then trained with
+//   --train.wsds_branch=k --run.resume=<stable checkpoint of its start> --run.name=<name>_b<k>
+// and ends at its own length (schedule.h: wsds_branches), a finished model per budget.
+std::string stable_checkpoint_path(const Config& cfg, int64_t step);
 
 struct TrainOptions {
   bool quiet = false;                     // no progress output (tests)

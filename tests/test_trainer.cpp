@@ -149,3 +149,31 @@ TEST_CASE("trainer: bad inputs are refused with a message naming them") {
   ov = with(tiny_overrides(out, "x", 10), "run.resume", "/nonexistent/ckpt.h5");
   CHECK_THROWS_WITH(train(parse_config("", ov), o), doctest::Contains("/nonexistent/ckpt.h5"));
 }
+
+TEST_CASE("trainer: WSDS main run saves stable checkpoints; a branch decays from one to min lr") {
+  fs::path out = scratch("wsds");
+  TrainOptions o;
+  o.quiet = true;
+  auto ov = tiny_overrides(out, "main", 20);
+  ov = with(ov, "train.schedule", "wsds");
+  ov = with(ov, "train.wsds_decays", "0.5,1.0");
+  ov = with(ov, "train.decay_fraction", "0.2");
+  Config main_cfg = parse_config("", ov);
+  train(main_cfg, o);
+  const std::string stable10 = stable_checkpoint_path(main_cfg, 10);
+  REQUIRE(fs::exists(stable10));
+  CHECK(fs::exists(stable_checkpoint_path(main_cfg, 20)));
+  // The main run never decays: its lr stays at the peak after warmup.
+  std::vector<double> lr_main = h5::File::open(run_results_path(main_cfg)).read<double>("metrics/lr");
+  CHECK(lr_main.back() == doctest::Approx(3e-3));
+
+  auto bov = with(with(with(ov, "train.wsds_branch", "0"), "run.name", "main_b0"), "run.resume", stable10);
+  Config bcfg = parse_config("", bov);
+  TrainOutcome b = train(bcfg, o);
+  CHECK(b.steps_done > 10);
+  std::vector<double> lr_b = h5::File::open(run_results_path(bcfg)).read<double>("metrics/lr");
+  CHECK(lr_b.back() == doctest::Approx(3e-4));  // min_lr_ratio 0.1 at the branch's last step
+  // Resuming branch 0 from the wrong stable point is refused, naming the right checkpoint.
+  bov = with(bov, "run.resume", stable_checkpoint_path(main_cfg, 20));
+  CHECK_THROWS_WITH(train(parse_config("", bov), o), doctest::Contains(".stable10.ckpt.h5, not from a checkpoint of step 20"));
+}
