@@ -2,7 +2,7 @@
 if(TARGET hysim_config AND TARGET hysim_io AND TARGET hysim_data)
   add_library(hysim_train STATIC core/trainer.cpp)
   target_link_libraries(hysim_train PUBLIC layer_model hysim_config hysim_io hysim_data)
-  add_executable(hysim experiments/main.cpp)
+  add_executable(hysim experiments/main.cpp experiments/expressivity.cpp)
   target_link_libraries(hysim PRIVATE hysim_train)
   hysim_test(trainer LIBS hysim_train)
   if(TARGET test_trainer)

@@ -105,6 +105,14 @@ template <class C, class V> void visit_fields(C& c, V&& v) {
   v("run.device", r.device, "cpu | cuda");
   v("run.threads", r.threads, "OpenMP threads; 0 = OpenMP default");
   v("run.resume", r.resume, "checkpoint to resume from; empty = fresh start");
+
+  auto& g = c.grid;
+  v("grid.architectures", g.architectures, "expressivity: architecture presets (comma list)");
+  v("grid.tasks", g.tasks, "expressivity: synthetic tasks (comma list)");
+  v("grid.task_args", g.task_args, "expressivity: per-task arguments, ';'-free strings in task order (comma list)");
+  v("grid.seeds", g.seeds, "expressivity: seeds per cell");
+  v("grid.jobs", g.jobs, "expressivity: cells trained in parallel processes");
+  v("grid.length_multipliers", g.length_multipliers, "expressivity: eval lengths as multiples of train.seq_len");
 }
 
 std::vector<std::string> all_keys() {
@@ -241,7 +249,7 @@ std::string unknown_key_message(std::string name, const std::string& where) {
     if (d < best_d) best_d = d, best = k;
   }
   if (!best.empty()) msg += " (did you mean " + best + "?)";
-  else msg += " (keys are section.key with sections model, train, data, eval, run; see hysim --help)";
+  else msg += " (keys are section.key with sections model, train, data, eval, run, grid; see hysim --help)";
   return msg;
 }
 
@@ -496,6 +504,10 @@ std::vector<std::string> config_problems(const Config& c) {
     need(is_identifier(task, false), is("eval.tasks", c.eval.tasks) + ": item '" + task + "' is not a task name ([a-z0-9_]+)");
   for (int64_t L : c.eval.lengths)
     need(L > 0, is("eval.lengths", c.eval.lengths) + ": item " + fmt(L) + " must be > 0");
+  need(c.grid.seeds >= 1, is("grid.seeds", c.grid.seeds) + " must be >= 1");
+  need(c.grid.jobs >= 1, is("grid.jobs", c.grid.jobs) + " must be >= 1");
+  for (int64_t m : c.grid.length_multipliers)
+    need(m >= 1, is("grid.length_multipliers", c.grid.length_multipliers) + ": item " + fmt(m) + " must be >= 1");
 
   // ---- run
   const RunConfig& r = c.run;

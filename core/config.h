@@ -84,12 +84,25 @@ struct RunConfig {
   bool operator==(const RunConfig&) const = default;
 };
 
+// A grid of (architecture x task x seed) cells for `hysim expressivity`.
+struct GridConfig {
+  std::vector<std::string> architectures;  // presets (experiments/expressivity.h), e.g. transformer,hybrid_3to1
+  std::vector<std::string> tasks;          // synthetic task names
+  std::vector<std::string> task_args;      // per task "key=value ..." (same order as tasks; may be shorter)
+  int64_t seeds = 1;                       // seeds 0 .. seeds-1 per cell
+  int64_t jobs = 1;                        // cells trained in parallel processes
+  std::vector<int64_t> length_multipliers = {1, 2, 4, 8};  // eval lengths = multiplier * train.seq_len
+
+  bool operator==(const GridConfig&) const = default;
+};
+
 struct Config {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
   EvalConfig eval;
   RunConfig run;
+  GridConfig grid;
 
   bool operator==(const Config&) const = default;
 };

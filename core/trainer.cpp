@@ -124,23 +124,31 @@ ScheduleConfig schedule_config(const TrainConfig& t) {
   return s;
 }
 
-double evaluate(Model<float>& model, const DataSource& data, const Config& cfg) {
-  const int64_t B = cfg.train.batch_size, T = cfg.train.seq_len;
-  int64_t n = cfg.train.eval_batches;
-  const int64_t distinct = data.val_batch_count(B, T);
-  if (distinct > 0) n = std::min(n, distinct);
+}  // namespace
+
+EvalStats evaluate(Model<float>& model, const DataSource& data, int64_t B, int64_t Tn, int64_t n_batches) {
+  const int64_t distinct = data.val_batch_count(B, Tn);
+  if (distinct > 0) n_batches = std::min(n_batches, distinct);
   Batch b;
-  double loss_sum = 0, w_sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    data.val_batch(i, B, T, b);
-    const StepStats s = model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, T, 0.0, false);
+  double loss_sum = 0, w_sum = 0, correct = 0;
+  for (int64_t i = 0; i < n_batches; ++i) {
+    data.val_batch(i, B, Tn, b);
+    const StepStats s =
+        model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, Tn, 0.0, false);
     loss_sum += s.loss * s.weight_sum;
     w_sum += s.weight_sum;
+    correct += double(s.n_correct);
   }
-  return w_sum > 0 ? loss_sum / w_sum : std::nan("");
+  if (w_sum <= 0) return {std::nan(""), std::nan("")};
+  return {loss_sum / w_sum, correct / w_sum};
 }
 
-}  // namespace
+EvalStats evaluate_at_length(const ModelConfig& mc, const ParamStore<float>& params, const DataSource& data,
+                             int64_t B, int64_t Tn, int64_t n_batches) {
+  Model<float> m(mc, B, Tn);
+  m.store.value = params.value;
+  return evaluate(m, data, B, Tn, n_batches);
+}
 
 TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   validate(cfg);
@@ -263,7 +271,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - t_start).count();
     const double tok_s = double((step + 1 - start) * tokens_per_step) / std::max(elapsed, 1e-9);
-    if (eval_now) out.val_loss = evaluate(model, *data, cfg);
+    if (eval_now) out.val_loss = evaluate(model, *data, B, T, tc.eval_batches).loss;
     if (log_now) {
       MetricsRow row;
       row.step = step + 1;
@@ -292,6 +300,14 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
                   format_duration(eta).c_str());
     progress.update(line, log_now);
     if (opt.on_step) opt.on_step(step + 1);
+  }
+  // Length generalisation: the trained model on validation data at every eval length.
+  for (int64_t L : cfg.eval.lengths) {
+    const EvalStats e = L == T ? evaluate(model, *data, B, T, tc.eval_batches)
+                               : evaluate_at_length(cfg.model, model.store, *data, B, L, tc.eval_batches);
+    results->set_eval(cfg.data.source, L, e.accuracy, e.loss, out.steps_done);
+    progress.message("eval " + cfg.data.source + " at length " + std::to_string(L) + ": accuracy " +
+                     std::to_string(e.accuracy) + ", loss " + std::to_string(e.loss));
   }
   results->flush();
   progress.finish();

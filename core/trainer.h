@@ -26,6 +26,19 @@ std::string run_checkpoint_path(const Config& cfg);
 // and ends at its own length (schedule.h: wsds_branches), a finished model per budget.
 std::string stable_checkpoint_path(const Config& cfg, int64_t step);
 
+// Loss (nats/token over loss-masked positions) and accuracy (argmax == target there) of a
+// model on validation batches 0 .. n_batches-1 (fewer when the source has fewer).
+struct EvalStats {
+  double loss = 0, accuracy = 0;
+};
+template <class T> class Model;
+EvalStats evaluate(Model<float>& model, const DataSource& data, int64_t B, int64_t Tn, int64_t n_batches);
+// The same for parameter values held in `params` at another sequence length (a model
+// sized for (B, Tn) is built for the occasion): length generalisation.
+template <class T> struct ParamStore;
+EvalStats evaluate_at_length(const ModelConfig& mc, const ParamStore<float>& params, const DataSource& data,
+                             int64_t B, int64_t Tn, int64_t n_batches);
+
 struct TrainOptions {
   bool quiet = false;                     // no progress output (tests)
   std::function<void(int64_t)> on_step;   // called after each completed optimizer step (tests)

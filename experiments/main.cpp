@@ -17,6 +17,7 @@
 #include "core/hdf5_io.h"
 #include "core/trainer.h"
 #include "core/version.h"
+#include "experiments/expressivity.h"
 #include "layers/model.h"
 #include "scaling/accounting.h"
 #include "synthetic_tasks/token_shards.h"
@@ -83,7 +84,8 @@ const char* kUsage =
     "  info      parameter counts, FLOPs per token and memory per device of a config\n"
     "  forward   logits of a checkpoint for a token file, written to HDF5\n"
     "  eval      validation loss and accuracy of a checkpoint\n"
-    "  config    print the fully resolved config (and, with --keys, every key with its meaning)\n\n"
+    "  config    print the fully resolved config (and, with --keys, every key with its meaning)\n"
+    "  expressivity  train and evaluate an (architecture x task x seed) grid on synthetic tasks\n\n"
     "Every config key can be overridden on the command line, e.g. --model.d_model=512.\n"
     "`hysim <command> --help` for the command's options.\n";
 
@@ -205,21 +207,39 @@ int cmd_eval(int argc, char** argv) {
   if (lengths.empty()) lengths.push_back(cfg.train.seq_len);
   const int64_t B = cfg.train.batch_size;
   std::printf("| length | val loss | accuracy |\n|---|---|---|\n");
+  ParamStore<float> params;
+  {
+    Model<float> m(cfg.model, 1, 1);
+    load_store_tensors(m.store, ck.params, "checkpoint " + a.opts["checkpoint"]);
+    params = m.store;
+  }
   for (int64_t T : lengths) {
-    Model<float> model(cfg.model, B, T);
-    load_store_tensors(model.store, ck.params, "checkpoint " + a.opts["checkpoint"]);
-    Batch b;
-    double loss = 0, w = 0, correct = 0;
-    for (int64_t i = 0; i < cfg.train.eval_batches; ++i) {
-      data->val_batch(i, B, T, b);
-      StepStats s = model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, T, 0.0, false);
-      loss += s.loss * s.weight_sum;
-      w += s.weight_sum;
-      correct += double(s.n_correct);
-    }
-    std::printf("| %lld | %.4f | %.4f |\n", (long long)T, loss / w, correct / w);
+    const EvalStats e = evaluate_at_length(cfg.model, params, *data, B, T, cfg.train.eval_batches);
+    std::printf("| %lld | %.4f | %.4f |\n", (long long)T, e.loss, e.accuracy);
   }
   return 0;
+}
+
+int cmd_expressivity(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {{"quiet", false}});
+  if (a.help) {
+    std::printf(
+        "usage: hysim expressivity -c experiments/configs/expressivity.ini [--section.key=value ...]\n\n"
+        "Trains every (grid.architectures x grid.tasks x grid.seeds) cell as a separate `hysim train`\n"
+        "process (grid.jobs at a time), evaluates each at grid.length_multipliers x train.seq_len and\n"
+        "writes <out_dir>/<experiment>/expressivity.h5 plus a table. Finished cells are kept: re-running\n"
+        "completes an interrupted sweep. Architectures:\n");
+    for (const Architecture& ar : architecture_presets())
+      std::printf("  %-20s %s\n", ar.name.c_str(), ar.description.c_str());
+    return 0;
+  }
+  Config cfg = load_config(a);
+  ExpressivityOptions o;
+  o.config_path = a.config;
+  o.overrides = a.overrides;
+  o.hysim_exe = std::filesystem::read_symlink("/proc/self/exe").string();
+  o.quiet = a.opts.count("quiet");
+  return run_expressivity(cfg, o) == 0 ? 0 : 1;
 }
 
 int cmd_config(int argc, char** argv) {
@@ -247,6 +267,7 @@ int main(int argc, char** argv) {
     if (cmd == "forward") return cmd_forward(argc, argv);
     if (cmd == "eval") return cmd_eval(argc, argv);
     if (cmd == "config") return cmd_config(argc, argv);
+    if (cmd == "expressivity") return cmd_expressivity(argc, argv);
     if (cmd == "--version") return std::printf("hysim %s (%s)\n", version_string(), git_hash()), 0;
     std::fprintf(stderr, "hysim: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
