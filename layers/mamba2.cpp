@@ -13,11 +13,11 @@ namespace hysim {
 
 namespace {
 
-template <class T> using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T> using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+template <class T> using Mat = cpu::MatRM<T>;
+template <class T> using Vec = cpu::VecX<T>;
 // Row-major views of token rows inside wider rows (x, B, C of one head in xbc; one head of y).
-template <class T> using StridedMap = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;
-template <class T> using CStridedMap = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
+template <class T> using StridedMap = cpu::SMapRM<T>;
+template <class T> using CStridedMap = cpu::CSMapRM<T>;
 
 // Index helpers shared by both cores: where head h's x, B, C live in a token row of xbc.
 struct SsmLayout {

@@ -17,6 +17,7 @@
 namespace hysim::cpu {
 
 template <class T> using MatRM = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T> using VecX = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 template <class T> using MapRM = Eigen::Map<MatRM<T>>;
 template <class T> using CMapRM = Eigen::Map<const MatRM<T>>;
 using Stride = Eigen::OuterStride<Eigen::Dynamic>;
