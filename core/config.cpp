@@ -109,7 +109,7 @@ template <class C, class V> void visit_fields(C& c, V&& v) {
   auto& g = c.grid;
   v("grid.architectures", g.architectures, "expressivity: architecture presets (comma list)");
   v("grid.tasks", g.tasks, "expressivity: synthetic tasks (comma list)");
-  v("grid.task_args", g.task_args, "expressivity: per-task arguments, ';'-free strings in task order (comma list)");
+  v("grid.task_args", g.task_args, "expressivity: per-task arguments in task order (comma list; - = the task's defaults)");
   v("grid.seeds", g.seeds, "expressivity: seeds per cell");
   v("grid.jobs", g.jobs, "expressivity: cells trained in parallel processes");
   v("grid.length_multipliers", g.length_multipliers, "expressivity: eval lengths as multiples of train.seq_len");

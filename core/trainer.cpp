@@ -15,6 +15,7 @@
 #include "core/schedule.h"
 #include "layers/model.h"
 #include "scaling/accounting.h"
+#include "synthetic_tasks/registry.h"
 #include "synthetic_tasks/text_data.h"
 #include "synthetic_tasks/token_shards.h"
 
@@ -37,8 +38,10 @@ std::unique_ptr<DataSource> make_data_source(const Config& cfg) {
     t.seed = uint64_t(cfg.train.seed);
     return std::make_unique<TokenShards>(t);
   }
-  throw std::runtime_error("data.source = " + d.source +
-                           ": no such data source (available: text, tokens)");
+  if (is_task(d.source)) return make_task(d.source, d.task_args, uint64_t(cfg.train.seed));
+  std::string names;
+  for (const std::string& t : task_names()) names += ", " + t;
+  throw std::runtime_error("data.source = " + d.source + ": no such data source (available: text, tokens" + names + ")");
 }
 
 std::string run_results_path(const Config& cfg) {

@@ -95,7 +95,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   std::string lengths_csv;
   for (int64_t L : lengths) lengths_csv += (lengths_csv.empty() ? "" : ",") + std::to_string(L);
 
-  const std::string cell_experiment = cfg.run.experiment + "/cells";
+  const std::string cell_experiment = cfg.run.experiment + "-cells";
   const fs::path cell_dir = fs::path(cfg.run.out_dir) / cell_experiment;
   fs::create_directories(cell_dir);
   std::vector<Cell> cells;
@@ -105,7 +105,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
         Cell c;
         c.arch = arch;
         c.task = g.tasks[ti];
-        c.task_args = ti < g.task_args.size() ? g.task_args[ti] : "";
+        c.task_args = ti < g.task_args.size() && g.task_args[ti] != "-" ? g.task_args[ti] : "";  // "-": defaults
         c.seed = seed;
         c.name = arch + "__" + c.task + "__s" + std::to_string(seed);
         c.results = results_path(cfg.run.out_dir, cell_experiment, c.name);

@@ -3,8 +3,8 @@
 // gathers the accuracies into one HDF5 file and a printed table.
 //
 // Cells are separate `hysim train` processes (grid.jobs at a time, OpenMP threads split
-// between them); each writes results/<experiment>/cells/<arch>__<task>__s<seed>.h5. A cell
-// whose file already holds its longest evaluation is never recomputed, so re-running an
+// between them); each writes its own results file. A cell
+// (results/<experiment>-cells/<arch>__<task>__s<seed>.h5) whose file already holds its longest evaluation is never recomputed, so re-running an
 // interrupted sweep finishes only what is missing.
 #pragma once
 #include <string>
