@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -132,7 +133,12 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
       const Cell& c = cells[todo[next++]];
       std::vector<std::string> args = {opt.hysim_exe, "train", "--quiet"};
       if (!opt.config_path.empty()) args.insert(args.end(), {"-c", opt.config_path});
-      args.insert(args.end(), opt.overrides.begin(), opt.overrides.end());
+      // The user's overrides, less the keys that the cell sets itself.
+      static const char* cell_keys[] = {"--data.source=", "--data.task_args=", "--train.seed=", "--eval.lengths=",
+                                        "--run.experiment=", "--run.name=", "--run.threads=", "--run.resume="};
+      for (const std::string& o : opt.overrides)
+        if (std::none_of(std::begin(cell_keys), std::end(cell_keys), [&](const char* k) { return o.rfind(k, 0) == 0; }))
+          args.push_back(o);
       const Architecture& a = find_architecture(c.arch);
       args.insert(args.end(), a.overrides.begin(), a.overrides.end());
       args.push_back("--data.source=" + c.task);
@@ -194,6 +200,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
     params[ai] = count_params(with_overrides(opt, find_architecture(g.architectures[ai]).overrides).model).total();
 
   const std::string summary = (fs::path(cfg.run.out_dir) / cfg.run.experiment / "expressivity.h5").string();
+  fs::create_directories(fs::path(summary).parent_path());
   h5::write_file_atomically(summary, [&](h5::File& f) {
     f.set_attr("config", to_ini(cfg));
     f.write_strings("architectures", g.architectures);

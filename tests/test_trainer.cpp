@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <filesystem>
 #include <thread>
 
@@ -176,4 +177,26 @@ TEST_CASE("trainer: WSDS main run saves stable checkpoints; a branch decays from
   // Resuming branch 0 from the wrong stable point is refused, naming the right checkpoint.
   bov = with(bov, "run.resume", stable_checkpoint_path(main_cfg, 20));
   CHECK_THROWS_WITH(train(parse_config("", bov), o), doctest::Contains(".stable10.ckpt.h5, not from a checkpoint of step 20"));
+}
+
+TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run recomputes nothing") {
+  fs::path out = scratch("grid");
+  const std::string cmd = std::string(HYSIM_BIN) + " expressivity --model.d_model=16 --model.d_mlp=32 " +
+                          "--model.n_heads=2 --model.n_kv_heads=2 --model.d_head=8 --model.gdn_n_heads=2 " +
+                          "--model.gdn_n_v_heads=2 --model.gdn_d_head_k=8 --model.gdn_d_head_v=8 " +
+                          "--model.vocab_size=16 --train.steps=3 --train.warmup_steps=1 --train.batch_size=2 " +
+                          "--train.seq_len=16 --train.eval_every=0 --grid.architectures=transformer,gdn " +
+                          "--data.source=parity --grid.tasks=parity --grid.seeds=1 --grid.jobs=2 --grid.length_multipliers=1,2 " +
+                          "--run.experiment=g --run.out_dir=" + out.string() + " > " + (out / "log").string() + " 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  h5::File f = h5::File::open((out / "g" / "expressivity.h5").string());
+  Shape shape;
+  std::vector<double> acc = f.read<double>("accuracy", &shape);
+  CHECK(shape == Shape{2, 1, 1, 2});  // architecture, task, seed, length
+  for (double a : acc) CHECK((a >= 0.0 && a <= 1.0));
+  CHECK(f.read<int64_t>("lengths") == std::vector<int64_t>{16, 32});
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream log(out / "log");
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  CHECK(text.find("2 already done") != std::string::npos);
 }
