@@ -38,6 +38,9 @@ template <class C, class V> void visit_fields(C& c, V&& v) {
   v("model.qk_norm", m.qk_norm, "RMSNorm over the full q and k projections");
   v("model.pos_encoding", m.pos_encoding, "rope | none");
   v("model.rope_theta", m.rope_theta, "RoPE base");
+  v("model.rope_scaling", m.rope_scaling, "none | yarn (context extension of RoPE)");
+  v("model.rope_scaling_factor", m.rope_scaling_factor, "yarn: target context / rope_original_len (>= 1)");
+  v("model.rope_original_len", m.rope_original_len, "yarn: context length the model was trained at");
   v("model.window", m.window, "sliding window of W layers (query sees itself + window-1 keys)");
   v("model.attn_tile", m.attn_tile, "tile size of the online-softmax attention kernel");
   v("model.gdn_n_heads", m.gdn_n_heads, "GDN q/k heads");
@@ -97,6 +100,7 @@ template <class C, class V> void visit_fields(C& c, V&& v) {
 
   v("eval.tasks", c.eval.tasks, "evaluation tasks (comma list)");
   v("eval.lengths", c.eval.lengths, "evaluation sequence lengths (comma list)");
+  v("eval.context_extension", c.eval.context_extension, "attention positions at eval: none | yarn | drop_pe");
 
   auto& r = c.run;
   v("run.name", r.name, "run name (results/<experiment>/<name>.h5)");
@@ -109,7 +113,7 @@ template <class C, class V> void visit_fields(C& c, V&& v) {
   auto& g = c.grid;
   v("grid.architectures", g.architectures, "expressivity: architecture presets (comma list)");
   v("grid.tasks", g.tasks, "expressivity: synthetic tasks (comma list)");
-  v("grid.task_args", g.task_args, "expressivity: per-task arguments in task order (comma list; - = the task's defaults)");
+  v("grid.task_args", g.task_args, "expressivity: per-task arguments in task order, ';'-separated (- = the task's defaults)");
   v("grid.seeds", g.seeds, "expressivity: seeds per cell");
   v("grid.jobs", g.jobs, "expressivity: cells trained in parallel processes");
   v("grid.length_multipliers", g.length_multipliers, "expressivity: eval lengths as multiples of train.seq_len");
@@ -385,6 +389,13 @@ std::vector<std::string> config_problems(const Config& c) {
   need(m.window >= 1, is("model.window", m.window) + " must be >= 1 (a query always sees itself)");
   positive("model.attn_tile", m.attn_tile);
   one_of("model.pos_encoding", m.pos_encoding, {"rope", "none"});
+  one_of("model.rope_scaling", m.rope_scaling, {"none", "yarn"});
+  if (m.rope_scaling == "yarn") {
+    need(m.pos_encoding == "rope", is("model.rope_scaling", m.rope_scaling) + " needs model.pos_encoding = rope");
+    need(m.rope_scaling_factor >= 1, is("model.rope_scaling_factor", m.rope_scaling_factor) + " must be >= 1");
+    need(m.rope_original_len >= 1, is("model.rope_original_len", m.rope_original_len) +
+                                       " must be >= 1 with model.rope_scaling = yarn (the trained context)");
+  }
   if (has_attn) {
     if (m.n_heads > 0 && m.n_kv_heads > 0)
       need(m.n_heads % m.n_kv_heads == 0, is("model.n_heads", m.n_heads) + " must be a multiple of model.n_kv_heads = " +
@@ -504,6 +515,11 @@ std::vector<std::string> config_problems(const Config& c) {
     need(is_identifier(task, false), is("eval.tasks", c.eval.tasks) + ": item '" + task + "' is not a task name ([a-z0-9_]+)");
   for (int64_t L : c.eval.lengths)
     need(L > 0, is("eval.lengths", c.eval.lengths) + ": item " + fmt(L) + " must be > 0");
+  one_of("eval.context_extension", c.eval.context_extension, {"none", "yarn", "drop_pe"});
+  if (c.eval.context_extension != "none")
+    need(m.pos_encoding == "rope" && m.rope_scaling == "none",
+         is("eval.context_extension", c.eval.context_extension) +
+             " extends a RoPE model: it needs model.pos_encoding = rope and model.rope_scaling = none");
   need(c.grid.seeds >= 1, is("grid.seeds", c.grid.seeds) + " must be >= 1");
   need(c.grid.jobs >= 1, is("grid.jobs", c.grid.jobs) + " must be >= 1");
   for (int64_t m : c.grid.length_multipliers)
@@ -533,6 +549,19 @@ std::vector<std::string> config_problems(const Config& c) {
     }
   });
   return p;
+}
+
+ModelConfig eval_model_config(const Config& c, int64_t L) {
+  ModelConfig m = c.model;
+  const std::string& ext = c.eval.context_extension;
+  if (ext == "drop_pe") {
+    m.pos_encoding = "none";
+  } else if (ext == "yarn" && L > c.train.seq_len) {
+    m.rope_scaling = "yarn";
+    m.rope_scaling_factor = double(L) / double(c.train.seq_len);
+    m.rope_original_len = c.train.seq_len;
+  }
+  return m;
 }
 
 void validate(const Config& c) {

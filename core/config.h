@@ -69,6 +69,11 @@ struct DataConfig {
 struct EvalConfig {
   std::vector<std::string> tasks;  // evaluation tasks run at the end (comma list)
   std::vector<int64_t> lengths;    // sequence lengths to evaluate them at (comma list)
+  // How attention's positions are treated at evaluation (eval_model_config): "none" (as
+  // trained), "yarn" (lengths L > train.seq_len run with YaRN, factor L / seq_len) or
+  // "drop_pe" (every length without positional encoding, NoPE: "DroPE" without its
+  // recalibration phase).
+  std::string context_extension = "none";
 
   bool operator==(const EvalConfig&) const = default;
 };
@@ -88,7 +93,9 @@ struct RunConfig {
 struct GridConfig {
   std::vector<std::string> architectures;  // presets (experiments/expressivity.h), e.g. transformer,hybrid_3to1
   std::vector<std::string> tasks;          // synthetic task names
-  std::vector<std::string> task_args;      // per task "key=value ..." (same order as tasks; may be shorter)
+  // Per task "key=value ..." in task order, separated by ';' (a task's own lists use
+  // commas: "ops=set,add"); may name fewer tasks than `tasks`; "-" or empty: defaults.
+  std::string task_args;
   int64_t seeds = 1;                       // seeds 0 .. seeds-1 per cell
   int64_t jobs = 1;                        // cells trained in parallel processes
   std::vector<int64_t> length_multipliers = {1, 2, 4, 8};  // eval lengths = multiplier * train.seq_len
@@ -119,6 +126,11 @@ Config parse_config_text(const std::string& ini_text, const std::vector<std::str
 std::vector<std::string> config_problems(const Config& c);
 // Throws ConfigError listing config_problems(c), one per line, if there are any.
 void validate(const Config& c);
+
+// The model as evaluated at sequence length L under eval.context_extension: unchanged
+// ("none"; "yarn" at L <= train.seq_len), with YaRN at factor L / train.seq_len, or without
+// positional encoding ("drop_pe").
+ModelConfig eval_model_config(const Config& c, int64_t L);
 
 // The fully resolved config as INI text (all keys, all sections); parses back to c.
 std::string to_ini(const Config& c);

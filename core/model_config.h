@@ -33,6 +33,11 @@ struct ModelConfig {
   bool qk_norm = true;          // RMSNorm over the full q and k projections (Olmo 2/3)
   std::string pos_encoding = "rope";  // "rope" or "none" (NoPE; released Olmo Hybrid 7B)
   double rope_theta = 10000.0;
+  // YaRN: run a model trained at rope_original_len at rope_scaling_factor times that length
+  // (layers/attention.h, rope_frequencies). "none" or "yarn".
+  std::string rope_scaling = "none";
+  double rope_scaling_factor = 1.0;
+  int64_t rope_original_len = 0;
   int64_t window = 64;          // sliding window (W layers): a query sees itself and window-1 previous keys
   int64_t attn_tile = 64;       // key/query tile of the online-softmax kernel
 

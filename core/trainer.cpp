@@ -306,8 +306,10 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   }
   // Length generalisation: the trained model on validation data at every eval length.
   for (int64_t L : cfg.eval.lengths) {
-    const EvalStats e = L == T ? evaluate(model, *data, B, T, tc.eval_batches)
-                               : evaluate_at_length(cfg.model, model.store, *data, B, L, tc.eval_batches);
+    const ModelConfig eval_model = eval_model_config(cfg, L);
+    const EvalStats e = L == T && eval_model == cfg.model
+                            ? evaluate(model, *data, B, T, tc.eval_batches)
+                            : evaluate_at_length(eval_model, model.store, *data, B, L, tc.eval_batches);
     results->set_eval(cfg.data.source, L, e.accuracy, e.loss, out.steps_done);
     progress.message("eval " + cfg.data.source + " at length " + std::to_string(L) + ": accuracy " +
                      std::to_string(e.accuracy) + ", loss " + std::to_string(e.loss));

@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <fcntl.h>
 #include <filesystem>
+#include <iterator>
 #include <map>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -26,6 +28,11 @@ namespace fs = std::filesystem;
 const std::vector<Architecture>& architecture_presets() {
   static const std::vector<Architecture> presets = {
       {"transformer", "full attention in every layer", {"--model.pattern=A"}},
+      {"transformer_nope", "full attention in every layer, no positional encoding", {"--model.pattern=A", "--model.pos_encoding=none"}},
+      {"transformer_yarn", "full attention, RoPE; YaRN at lengths beyond training",
+       {"--model.pattern=A", "--eval.context_extension=yarn"}},
+      {"transformer_drope", "full attention trained with RoPE, evaluated without it (DroPE, no recalibration)",
+       {"--model.pattern=A", "--eval.context_extension=drop_pe"}},
       {"swa", "sliding-window attention in every layer", {"--model.pattern=W"}},
       {"gdn", "Gated DeltaNet, negative eigenvalues (beta in [0, 2])",
        {"--model.pattern=G", "--model.gdn_allow_neg_eigval=true"}},
@@ -53,6 +60,45 @@ struct Cell {
   std::string arch, task, task_args, name, results;
   int64_t seed = 0;
 };
+
+// One grid column: a task with its arguments, and the label that names it in cell files
+// and the table: "mqar-n_pairs8-key_vocab32" for "mqar" with "n_pairs=8 key_vocab=32"
+// (file-name characters only: '=' dropped, list commas as '.'); the bare name for the
+// defaults.
+struct GridTask {
+  std::string kind, args, label;
+};
+
+std::vector<GridTask> grid_tasks(const GridConfig& g) {
+  std::vector<std::string> args;
+  std::string item;
+  std::istringstream in(g.task_args);
+  while (std::getline(in, item, ';')) args.push_back(item);
+  if (args.size() > g.tasks.size())
+    throw std::invalid_argument("grid.task_args = " + g.task_args + " gives arguments for " +
+                                std::to_string(args.size()) + " tasks but grid.tasks names " +
+                                std::to_string(g.tasks.size()));
+  std::vector<GridTask> out;
+  for (size_t i = 0; i < g.tasks.size(); ++i) {
+    GridTask t{g.tasks[i], i < args.size() ? args[i] : "", g.tasks[i]};
+    std::istringstream words(t.args);
+    std::vector<std::string> kv{std::istream_iterator<std::string>(words), std::istream_iterator<std::string>()};
+    if (kv.size() == 1 && kv[0] == "-") kv.clear();  // "-": the task's defaults
+    t.args.clear();
+    for (const std::string& w : kv) {
+      t.args += (t.args.empty() ? "" : " ") + w;
+      std::string part = w;
+      part.erase(std::remove(part.begin(), part.end(), '='), part.end());
+      std::replace(part.begin(), part.end(), ',', '.');
+      t.label += "-" + part;
+    }
+    for (const GridTask& o : out)
+      if (o.label == t.label)
+        throw std::invalid_argument("grid.tasks: task '" + t.label + "' appears twice with the same arguments");
+    out.push_back(t);
+  }
+  return out;
+}
 
 // The overrides a preset applies, as a config (to count its parameters).
 Config with_overrides(const ExpressivityOptions& opt, const std::vector<std::string>& extra) {
@@ -89,6 +135,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   if (g.architectures.empty() || g.tasks.empty())
     throw std::invalid_argument("grid.architectures and grid.tasks must name at least one architecture and task");
   for (const std::string& a : g.architectures) find_architecture(a);
+  const std::vector<GridTask> tasks = grid_tasks(g);
   const int64_t T = cfg.train.seq_len;
   std::vector<int64_t> lengths;
   for (int64_t m : g.length_multipliers) lengths.push_back(m * T);
@@ -101,14 +148,14 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   fs::create_directories(cell_dir);
   std::vector<Cell> cells;
   for (const std::string& arch : g.architectures)
-    for (size_t ti = 0; ti < g.tasks.size(); ++ti)
+    for (const GridTask& t : tasks)
       for (int64_t seed = 0; seed < g.seeds; ++seed) {
         Cell c;
         c.arch = arch;
-        c.task = g.tasks[ti];
-        c.task_args = ti < g.task_args.size() && g.task_args[ti] != "-" ? g.task_args[ti] : "";  // "-": defaults
+        c.task = t.kind;
+        c.task_args = t.args;
         c.seed = seed;
-        c.name = arch + "__" + c.task + "__s" + std::to_string(seed);
+        c.name = arch + "__" + t.label + "__s" + std::to_string(seed);
         c.results = results_path(cfg.run.out_dir, cell_experiment, c.name);
         cells.push_back(c);
       }
@@ -204,7 +251,11 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   h5::write_file_atomically(summary, [&](h5::File& f) {
     f.set_attr("config", to_ini(cfg));
     f.write_strings("architectures", g.architectures);
-    f.write_strings("tasks", g.tasks);
+    std::vector<std::string> labels, kinds, args;
+    for (const GridTask& t : tasks) labels.push_back(t.label), kinds.push_back(t.kind), args.push_back(t.args);
+    f.write_strings("tasks", labels);
+    f.write_strings("task_kinds", kinds);
+    f.write_strings("task_args", args);
     f.write("lengths", lengths);
     f.write("parameters", params);
     f.write("accuracy", acc.data(), Shape{int64_t(A), int64_t(K), int64_t(S), int64_t(NL)});
@@ -215,7 +266,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   std::printf("\naccuracy (mean +- std over %lld seeds) at lengths", (long long)S);
   for (int64_t L : lengths) std::printf(" %lld", (long long)L);
   std::printf(" (train length %lld)\n\n| architecture | params |", (long long)T);
-  for (const std::string& t : g.tasks) std::printf(" %s |", t.c_str());
+  for (const GridTask& t : tasks) std::printf(" %s |", t.label.c_str());
   std::printf("\n|---|---|");
   for (size_t k = 0; k < K; ++k) std::printf("---|");
   std::printf("\n");

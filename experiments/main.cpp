@@ -197,7 +197,8 @@ int cmd_eval(int argc, char** argv) {
     std::printf(
         "usage: hysim eval -c run.ini --checkpoint C.h5 [--train.eval_batches=N] [--train.seq_len=T]\n\n"
         "Validation loss (nats/token) and next-token accuracy of a checkpoint on the configured data,\n"
-        "at train.seq_len and at every length in eval.lengths.\n");
+        "at train.seq_len and at every length in eval.lengths (attention positions as\n"
+        "eval.context_extension says: none | yarn | drop_pe).\n");
     return a.help ? 0 : 2;
   }
   Config cfg = load_config(a);
@@ -214,7 +215,7 @@ int cmd_eval(int argc, char** argv) {
     params = m.store;
   }
   for (int64_t T : lengths) {
-    const EvalStats e = evaluate_at_length(cfg.model, params, *data, B, T, cfg.train.eval_batches);
+    const EvalStats e = evaluate_at_length(eval_model_config(cfg, T), params, *data, B, T, cfg.train.eval_batches);
     std::printf("| %lld | %.4f | %.4f |\n", (long long)T, e.loss, e.accuracy);
   }
   return 0;

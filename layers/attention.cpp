@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <vector>
 
 #include "core/cpu/gemm.h"
@@ -25,18 +26,39 @@ template <class T> inline T dot(const T* a, const T* b, int64_t n) {
 
 // ---- RoPE ---------------------------------------------------------------------------------
 
-// HF rotate_half: out_i = x_i cos - x_{i+h} sin, out_{i+h} = x_{i+h} cos + x_i sin (h = dh/2).
-// The inverse (= transpose) uses -sin.
+RopeFrequencies rope_frequencies(const AttentionConfig& c) {
+  const int64_t half = c.d_head / 2;
+  RopeFrequencies out;
+  out.f.resize(half);
+  for (int64_t i = 0; i < half; ++i) out.f[i] = std::pow(c.rope_theta, -double(2 * i) / double(c.d_head));
+  const double s = c.rope_yarn_factor;
+  if (s == 1.0) return out;
+  // The (fractional) pair index whose frequency turns `rotations` times over L0, rounded
+  // outwards as HF does, then a ramp from keep (index <= lo) to interpolate (>= hi).
+  const double L0 = double(c.rope_yarn_original_len), dh = double(c.d_head), ln_theta = std::log(c.rope_theta);
+  auto index_turning = [&](double rotations) { return dh * std::log(L0 / (rotations * 2 * std::numbers::pi)) / (2 * ln_theta); };
+  const double lo = std::max(0.0, std::floor(index_turning(c.rope_yarn_beta_fast)));
+  double hi = std::min(dh - 1, std::ceil(index_turning(c.rope_yarn_beta_slow)));
+  if (hi == lo) hi += 0.001;
+  for (int64_t i = 0; i < half; ++i) {
+    const double interpolate = std::clamp((double(i) - lo) / (hi - lo), 0.0, 1.0);
+    out.f[i] = out.f[i] / s * interpolate + out.f[i] * (1 - interpolate);
+  }
+  out.scale = 0.1 * std::log(s) + 1.0;
+  return out;
+}
+
+// HF rotate_half: out_i = x_i cos - x_{i+h} sin, out_{i+h} = x_{i+h} cos + x_i sin (h = dh/2),
+// times freq.scale. The inverse (= transpose) uses -sin.
 template <class T>
-void rope_apply(T* x, int64_t B, int64_t Tn, int64_t n_heads, int64_t dh, double theta, bool inverse) {
-  const int64_t half = dh / 2;
+void rope_apply(T* x, int64_t B, int64_t Tn, int64_t n_heads, const RopeFrequencies& freq, bool inverse) {
+  const int64_t half = int64_t(freq.f.size()), dh = 2 * half;
   std::vector<T> cos_t(Tn * half), sin_t(Tn * half);
   for (int64_t i = 0; i < half; ++i) {
-    const double inv_freq = std::pow(theta, -double(2 * i) / double(dh));
     for (int64_t t = 0; t < Tn; ++t) {
-      const double angle = double(t) * inv_freq;
-      cos_t[t * half + i] = T(std::cos(angle));
-      sin_t[t * half + i] = T(inverse ? -std::sin(angle) : std::sin(angle));
+      const double angle = double(t) * freq.f[i];
+      cos_t[t * half + i] = T(freq.scale * std::cos(angle));
+      sin_t[t * half + i] = T(freq.scale * (inverse ? -std::sin(angle) : std::sin(angle)));
     }
   }
 #pragma omp parallel for collapse(2) schedule(static)
@@ -208,8 +230,9 @@ void attention_forward(const AttentionConfig& c, const AttentionParams<T>& p, co
   }
   cpu::linear_forward(a.v, x, p.v_proj, BT, D, KD);
   if (c.rope) {
-    rope_apply(a.q, B, Tn, c.n_heads, c.d_head, c.rope_theta, false);
-    rope_apply(a.k, B, Tn, c.n_kv_heads, c.d_head, c.rope_theta, false);
+    const RopeFrequencies freq = rope_frequencies(c);
+    rope_apply(a.q, B, Tn, c.n_heads, freq, false);
+    rope_apply(a.k, B, Tn, c.n_kv_heads, freq, false);
   }
   attention_core_forward(c, a.o, a.lse, a.q, a.k, a.v, B, Tn);
   cpu::linear_forward(y, a.o, p.o_proj, BT, QD, D);
@@ -223,9 +246,10 @@ void attention_backward(const AttentionConfig& c, const AttentionParams<T>& p, c
   std::vector<T> d_o(BT * QD), dq(BT * QD), dk(BT * KD), dv(BT * KD);
   cpu::linear_backward(d_o.data(), grad.o_proj, dy, a.o, p.o_proj, BT, QD, D);
   attention_core_backward(c, dq.data(), dk.data(), dv.data(), d_o.data(), a.q, a.k, a.v, a.o, a.lse, B, Tn);
-  if (c.rope) {  // a rotation: its transpose rotates back
-    rope_apply(dq.data(), B, Tn, c.n_heads, c.d_head, c.rope_theta, true);
-    rope_apply(dk.data(), B, Tn, c.n_kv_heads, c.d_head, c.rope_theta, true);
+  if (c.rope) {  // a scaled rotation: its transpose rotates back
+    const RopeFrequencies freq = rope_frequencies(c);
+    rope_apply(dq.data(), B, Tn, c.n_heads, freq, true);
+    rope_apply(dk.data(), B, Tn, c.n_kv_heads, freq, true);
   }
   const T* dq_proj = dq.data();  // gradient of the q projection output
   const T* dk_proj = dk.data();
@@ -244,7 +268,7 @@ void attention_backward(const AttentionConfig& c, const AttentionParams<T>& p, c
 }
 
 #define INSTANTIATE(T)                                                                                        \
-  template void rope_apply<T>(T*, int64_t, int64_t, int64_t, int64_t, double, bool);                          \
+  template void rope_apply<T>(T*, int64_t, int64_t, int64_t, const RopeFrequencies&, bool);                          \
   template void attention_core_forward<T>(const AttentionConfig&, T*, T*, const T*, const T*, const T*,       \
                                           int64_t, int64_t);                                                  \
   template void attention_core_backward<T>(const AttentionConfig&, T*, T*, T*, const T*, const T*, const T*,  \

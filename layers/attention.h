@@ -4,7 +4,8 @@
 //   q = rmsnorm(q) * q_norm,  k = rmsnorm(k) * k_norm                  (qk_norm: over the FULL
 //                                                                        projections, eps norm_eps)
 //   q, k = rope(q), rope(k)          (rope; HF rotate_half: pair (i, i + dh/2) rotated by
-//                                     pos * theta^(-2i/dh), positions from 0)
+//                                     pos * f_i, f_i = theta^(-2i/dh), positions from 0;
+//                                     YaRN rescales f_i and q, k: rope_frequencies)
 //   o_h = softmax(q_h k_g^T / sqrt(dh) + mask) v_g,   g = h / (H / Hkv)  (GQA)
 //   y = o W_o^T
 // mask: causal; with window w > 0 query t sees keys t-w+1 .. t (HF sliding_window semantics).
@@ -18,6 +19,7 @@
 #pragma once
 #include <cstdint>
 #include <stdexcept>
+#include <vector>
 
 #include "core/params.h"
 
@@ -32,6 +34,10 @@ struct AttentionConfig {
   double norm_eps = 1e-6;
   bool rope = true;        // false = NoPE
   double rope_theta = 10000.0;
+  // YaRN context extension (rope_yarn_factor s > 1; 1 = plain RoPE): see rope_frequencies.
+  double rope_yarn_factor = 1.0;
+  int64_t rope_yarn_original_len = 0;  // the context length the model was trained at
+  double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;
   int64_t window = 0;      // <= 0: full causal attention
   int64_t tile = 64;       // query and key tile length of the online softmax
   double init_std = 0.02;
@@ -44,6 +50,8 @@ struct AttentionConfig {
     if (n_heads % n_kv_heads != 0)
       throw std::invalid_argument("AttentionConfig: n_heads must be a multiple of n_kv_heads");
     if (rope && d_head % 2 != 0) throw std::invalid_argument("AttentionConfig: RoPE needs an even d_head");
+    if (rope_yarn_factor < 1.0 || (rope_yarn_factor > 1.0 && rope_yarn_original_len <= 0))
+      throw std::invalid_argument("AttentionConfig: YaRN needs rope_yarn_factor >= 1 and rope_yarn_original_len > 0");
   }
 };
 
@@ -113,9 +121,24 @@ template <class T>
 void attention_core_backward(const AttentionConfig& c, T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
                              const T* v, const T* o, const T* lse, int64_t B, int64_t Tn);
 
-// RoPE in place on x [B, Tn, n_heads, dh] (positions 0 .. Tn-1); inverse = true rotates
-// back (the transpose, used by the backward).
-template <class T> void rope_apply(T* x, int64_t B, int64_t Tn, int64_t n_heads, int64_t dh, double theta, bool inverse);
+// RoPE's rotation frequencies f_i (i < dh/2) and the factor `scale` that multiplies q and
+// k after rotation. Plain RoPE: f_i = theta^(-2i/dh), scale 1. YaRN (Peng et al. 2023,
+// "NTK-by-parts", as HF's yarn rope type), for a model trained at context L0 run at
+// s = rope_yarn_factor times it: dimensions turning more than beta_fast times over L0 keep
+// f_i (they only see local order), those turning less than beta_slow times are
+// interpolated to f_i / s (positions beyond L0 then map into the trained range), with a
+// linear ramp in i between; scale = 0.1 ln(s) + 1 (the logits q.k grow by scale^2, which
+// keeps the softmax as sharp over s times more keys).
+struct RopeFrequencies {
+  std::vector<double> f;
+  double scale = 1.0;
+};
+RopeFrequencies rope_frequencies(const AttentionConfig& c);
+
+// RoPE in place on x [B, Tn, n_heads, dh] (positions 0 .. Tn-1), dh = 2 * freq.f.size();
+// inverse = true applies the transpose (the backward: rotate back, same scale).
+template <class T>
+void rope_apply(T* x, int64_t B, int64_t Tn, int64_t n_heads, const RopeFrequencies& freq, bool inverse);
 
 // (query, key) pairs the mask keeps in one sequence of length Tn.
 inline int64_t attention_kept_pairs(const AttentionConfig& c, int64_t Tn) {

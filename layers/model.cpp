@@ -29,6 +29,10 @@ AttentionConfig attention_config(const ModelConfig& m, char letter) {
   c.norm_eps = m.norm_eps;
   c.rope = m.pos_encoding == "rope";
   c.rope_theta = m.rope_theta;
+  if (m.rope_scaling == "yarn") {
+    c.rope_yarn_factor = m.rope_scaling_factor;
+    c.rope_yarn_original_len = m.rope_original_len;
+  }
   c.window = letter == 'W' ? m.window : 0;
   c.tile = m.attn_tile;
   c.init_std = m.init_std;

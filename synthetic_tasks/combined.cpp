@@ -144,4 +144,48 @@ void RecallParityTask::generate(Draw& draw, int64_t T, int32_t* tokens, int32_t*
   mask[end + 1] = 1.0f;
 }
 
+// ---- recall through a parity switch ---------------------------------------------------
+
+FlipRecallTask::FlipRecallTask(const FlipRecallConfig& cfg, uint64_t seed) : SyntheticTask("flip_recall", seed), cfg_(cfg) {
+  require(cfg.n_pairs >= 1, "flip_recall", "n_pairs = " + str(cfg.n_pairs) + " must be >= 1");
+  require(cfg.key_vocab >= cfg.n_pairs, "flip_recall",
+          "key_vocab = " + str(cfg.key_vocab) + " must be >= n_pairs = " + str(cfg.n_pairs) + " (distinct keys)");
+  require(cfg.value_vocab >= 2 && cfg.value_vocab % 2 == 0, "flip_recall",
+          "value_vocab = " + str(cfg.value_vocab) + " must be even and >= 2 (values come in partner pairs)");
+  require(cfg.p_query > 0 && cfg.p_query < 1, "flip_recall",
+          "p_query = " + std::to_string(cfg.p_query) + " must be in (0, 1)");
+}
+
+void FlipRecallTask::check_length(int64_t T) const {
+  if (T < 2 * cfg_.n_pairs + 1)
+    length_error(T, str(cfg_.n_pairs) + " key-value pairs and one query need T >= " + str(2 * cfg_.n_pairs + 1));
+}
+
+void FlipRecallTask::generate(Draw& draw, int64_t T, int32_t* tokens, int32_t* targets, float* mask) const {
+  const int64_t N = cfg_.n_pairs, K = cfg_.key_vocab, V = cfg_.value_vocab;
+  const std::vector<int64_t> keys = sample_distinct(draw, K, N);
+  std::vector<int64_t> values(N);
+  for (int64_t i = 0; i < N; ++i) {
+    values[i] = draw.below(V);
+    tokens[2 * i] = int32_t(keys[i]);
+    tokens[2 * i + 1] = int32_t(K + values[i]);
+  }
+  int64_t parity = 0, pos = 2 * N;
+  while (pos < T) {
+    if (draw.bernoulli(cfg_.p_query)) {
+      const int64_t i = draw.below(N);
+      const int32_t answer = int32_t(K + (values[i] + parity * V / 2) % V);
+      tokens[pos] = int32_t(keys[i]);
+      targets[pos] = answer;
+      mask[pos] = 1.0f;
+      if (pos + 1 < T) tokens[pos + 1] = answer;
+      pos += 2;
+    } else {
+      const int64_t bit = draw.below(2);
+      parity ^= bit;
+      tokens[pos++] = switch_bit(int32_t(bit));
+    }
+  }
+}
+
 }  // namespace hysim

@@ -32,6 +32,22 @@
 //           update (2 positions left) or PAD (1 left). The number of events grows with T.
 //   answers at the stream name of every query (including the final one): target = the
 //           stream's running parity (0 for a stream with no bits yet). Chance 1/2.
+//
+// associative recall through a parity switch ("flip_recall"; n_pairs = 16, key_vocab =
+//   32, value_vocab = 32). Recall needs a store as large as the dictionary (attention has
+//   one, a small recurrent state has not); the switch needs the parity of an unbounded
+//   bit stream (a recurrence with negative eigenvalues has it, a transformer does not
+//   length-generalise). A 3:1 GDN:attention hybrid can split the work between its layers.
+//   tokens  keys [0, K), values [K, K+V), switch bits "0" K+V and "1" K+V+1
+//           (K = key_vocab, V = value_vocab, V even)
+//   layout  N key-value pairs  k_1 v_1 ... k_N v_N  (distinct keys in random order,
+//           values uniform), then events up to position T-1: with probability p_query
+//           (0.5) a query  k a  (k uniform over the N keys, a its answer as the next
+//           token), else one switch bit (uniform). The event phase, and with it the
+//           number of switch bits, grows with T; N is fixed.
+//   answers at every query key's position: with P the parity of the switch bits so far,
+//           target = value token K + ((v + P V/2) mod V) (the stored value when P = 0,
+//           its partner half-way round the value ring when P = 1). Chance 1/V.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -88,6 +104,26 @@ class RecallParityTask : public SyntheticTask {
 
  private:
   RecallParityConfig cfg_;
+};
+
+struct FlipRecallConfig {
+  int64_t n_pairs = 16, key_vocab = 32, value_vocab = 32;  // n_pairs <= key_vocab, value_vocab even
+  double p_query = 0.5;                                    // in (0, 1)
+};
+
+class FlipRecallTask : public SyntheticTask {
+ public:
+  FlipRecallTask(const FlipRecallConfig& cfg, uint64_t seed);
+  int64_t vocab_size() const override { return cfg_.key_vocab + cfg_.value_vocab + 2; }
+  double chance_accuracy() const override { return 1.0 / double(cfg_.value_vocab); }
+  int32_t switch_bit(int32_t b) const { return int32_t(cfg_.key_vocab + cfg_.value_vocab) + b; }
+
+ protected:
+  void check_length(int64_t T) const override;
+  void generate(Draw& draw, int64_t T, int32_t* tokens, int32_t* targets, float* mask) const override;
+
+ private:
+  FlipRecallConfig cfg_;
 };
 
 }  // namespace hysim

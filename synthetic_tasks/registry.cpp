@@ -118,6 +118,15 @@ const std::vector<TaskEntry>& builders() {
          c.p_query = a.get_double("p_query", c.p_query, 0, 1);
          return std::make_unique<RecallParityTask>(c, seed);
        }},
+      {"flip_recall", {"n_pairs", "key_vocab", "value_vocab", "p_query"},
+       [](TaskArgs& a, uint64_t seed) {
+         FlipRecallConfig c;
+         c.n_pairs = a.get_int("n_pairs", c.n_pairs, 1, kMaxCount);
+         c.key_vocab = a.get_int("key_vocab", c.key_vocab, 1, kMaxCount);
+         c.value_vocab = a.get_int("value_vocab", c.value_vocab, 2, kMaxCount);
+         c.p_query = a.get_double("p_query", c.p_query, 0, 1, true, true);
+         return std::make_unique<FlipRecallTask>(c, seed);
+       }},
   };
   return table;
 }

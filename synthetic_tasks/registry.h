@@ -17,6 +17,7 @@
 //   codeexec        n_vars [4], m [5], n_queries [1], ops = comma list of
 //                   set, copy, add, swap [all]
 //   recall_parity   n_streams [4], name_vocab [64], p_query [0.25]
+//   flip_recall     n_pairs [16], key_vocab [32], value_vocab [32], p_query [0.5]
 #pragma once
 #include <cstdint>
 #include <memory>

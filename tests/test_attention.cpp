@@ -226,15 +226,17 @@ TEST_CASE("attention: parameter names and shapes follow HF") {
   CHECK_THROWS(visit_params(bad, p, [](double*&, const ParamSpec&) {}));
 }
 
-TEST_CASE("attention: fp64 gradients of every parameter and x (full / window 3, 5; RoPE, QK-norm on/off; GQA)") {
+TEST_CASE("attention: fp64 gradients of every parameter and x (full / window 3, 5; NoPE, RoPE, YaRN; QK-norm on/off; GQA)") {
   const int64_t B = 2, Tn = 11;
   for (int64_t window : {0, 3, 5})
-    for (bool rope : {false, true})
+    for (int rope : {0, 1, 2})  // none, RoPE, RoPE with YaRN x4 from 4 positions (keeps f_0, interpolates f_1)
       for (bool qk_norm : {false, true}) {
         CAPTURE(window);
         CAPTURE(rope);
         CAPTURE(qk_norm);
-        Layer<double> L(tiny_config(window, rope, qk_norm), B, Tn);
+        AttentionConfig c = tiny_config(window, rope > 0, qk_norm);
+        if (rope == 2) c.rope_yarn_factor = 4, c.rope_yarn_original_len = 4;
+        Layer<double> L(c, B, Tn);
         randomise(L, 11 + window);
         const int64_t n = B * Tn * L.c.d_model;
         auto x = random_vec(n, 1), R = random_vec(n, 2);
@@ -403,8 +405,12 @@ TEST_CASE("attention: RoPE scores depend only on relative position") {
     std::copy(qv.begin(), qv.end(), q.begin() + t * H * dh);
     std::copy(kv.begin(), kv.end(), k.begin() + t * H * dh);
   }
-  rope_apply(q.data(), 1, Tn, H, dh, 100.0, false);
-  rope_apply(k.data(), 1, Tn, H, dh, 100.0, false);
+  AttentionConfig c;
+  c.d_head = dh;
+  c.rope_theta = 100.0;
+  const RopeFrequencies freq = rope_frequencies(c);
+  rope_apply(q.data(), 1, Tn, H, freq, false);
+  rope_apply(k.data(), 1, Tn, H, freq, false);
   auto score = [&](int64_t t, int64_t j, int64_t h) { return dot(&q[(t * H + h) * dh], &k[(j * H + h) * dh], dh); };
   for (int64_t h = 0; h < H; ++h)
     for (int64_t delta = 0; delta < 5; ++delta) {
@@ -413,9 +419,31 @@ TEST_CASE("attention: RoPE scores depend only on relative position") {
       if (delta > 0) CHECK(std::abs(score(delta, 0, h) - score(0, 0, h)) > 1e-3);
     }
   // the inverse rotation undoes it
-  rope_apply(q.data(), 1, Tn, H, dh, 100.0, true);
+  rope_apply(q.data(), 1, Tn, H, freq, true);
   for (int64_t t = 0; t < Tn; ++t)
     for (int64_t i = 0; i < H * dh; ++i) CHECK(q[t * H * dh + i] == doctest::Approx(qv[i]).epsilon(1e-14));
+}
+
+TEST_CASE("attention: YaRN frequencies and scale equal HF's yarn rope type") {
+  AttentionConfig c;
+  c.d_head = 16;
+  c.rope_theta = 10000;
+  RopeFrequencies plain = rope_frequencies(c);
+  CHECK(plain.scale == 1.0);
+  for (int64_t i = 0; i < 8; ++i) CHECK(plain.f[i] == doctest::Approx(std::pow(10000.0, -double(i) / 8)).epsilon(1e-15));
+  c.rope_yarn_factor = 4;
+  c.rope_yarn_original_len = 64;
+  // Computed with HF's _compute_yarn_parameters formula (beta_fast 32, beta_slow 1,
+  // truncate): correction range [0, 3], so pair 0 keeps its frequency, pairs 1 and 2 are
+  // on the ramp and pairs 3.. are divided by 4; attention factor 0.1 ln 4 + 1.
+  const double expected[8] = {1.0, 0.23717082451262847, 0.05, 0.007905694150420948, 0.0025, 0.0007905694150420947,
+                              0.00025, 7.905694150420948e-05};
+  RopeFrequencies yarn = rope_frequencies(c);
+  REQUIRE(yarn.f.size() == 8);
+  for (int64_t i = 0; i < 8; ++i) CHECK(yarn.f[i] == doctest::Approx(expected[i]).epsilon(1e-14));
+  CHECK(yarn.scale == doctest::Approx(1.138629436111989).epsilon(1e-15));
+  // the interpolated pairs turn s times slower
+  CHECK(yarn.f[7] * 4 == doctest::Approx(plain.f[7]).epsilon(1e-14));
 }
 
 TEST_CASE("attention: shift test: a sliding-window layer with RoPE sees only relative positions") {

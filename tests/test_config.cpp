@@ -193,6 +193,12 @@ TEST_CASE("config: inconsistent values are rejected naming key, value and rule")
       {{"--data.source=Bad Task"}, "data.source = Bad Task must be text, tokens or a synthetic task name"},
       {{"--eval.lengths=64,0"}, "item 0 must be > 0"},
       {{"--eval.tasks=mqar,Parity"}, "item 'Parity' is not a task name"},
+      {{"--eval.context_extension=ntk"}, "eval.context_extension = ntk must be one of none | yarn | drop_pe"},
+      {{"--eval.context_extension=yarn", "--model.pos_encoding=none"}, "it needs model.pos_encoding = rope"},
+      {{"--model.rope_scaling=yarn", "--model.rope_scaling_factor=4"}, "model.rope_original_len = 0 must be >= 1"},
+      {{"--model.rope_scaling=yarn", "--model.rope_original_len=64", "--model.rope_scaling_factor=0.5"},
+       "model.rope_scaling_factor = 0.5 must be >= 1"},
+      {{"--model.rope_scaling=ntk"}, "model.rope_scaling = ntk must be one of none | yarn"},
       {{"--run.device=tpu"}, "run.device = tpu must be one of cpu | cuda"},
       {{"--run.name=a/b"}, "run.name = a/b must be a file name"},
       {{"--run.threads=-2"}, "run.threads = -2 must be >= 0"},
@@ -213,6 +219,20 @@ TEST_CASE("config: inconsistent values are rejected naming key, value and rule")
   CHECK(contains(e, "model.window = 0"));
   CHECK(contains(e, "train.lr = -1"));
   CHECK(contains(e, "run.device = gpu"));
+}
+
+TEST_CASE("config: the model evaluated at a length under eval.context_extension") {
+  Config c = parse_config("", {"--train.seq_len=64"});
+  CHECK(eval_model_config(c, 256) == c.model);  // none
+  c.eval.context_extension = "yarn";
+  CHECK(eval_model_config(c, 64) == c.model);  // the trained length needs no extension
+  const ModelConfig y = eval_model_config(c, 256);
+  CHECK(y.rope_scaling == "yarn");
+  CHECK(y.rope_scaling_factor == 4.0);
+  CHECK(y.rope_original_len == 64);
+  c.eval.context_extension = "drop_pe";
+  CHECK(eval_model_config(c, 64).pos_encoding == "none");
+  CHECK(eval_model_config(c, 256).pos_encoding == "none");
 }
 
 TEST_CASE("config: malformed input is rejected") {

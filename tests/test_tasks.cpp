@@ -301,6 +301,36 @@ Oracle recall_parity_oracle(int64_t N, int64_t n_streams) {
   };
 }
 
+Oracle flip_recall_oracle(int64_t K, int64_t V, int64_t N) {
+  return [=](const int32_t* tok, int64_t T, int32_t* targets, float* mask) {
+    const int32_t bit0 = int32_t(K + V), bit1 = bit0 + 1;
+    auto is_key = [&](int32_t t) { return t >= 0 && t < K; };
+    auto is_value = [&](int32_t t) { return t >= K && t < K + V; };
+    std::map<int32_t, int64_t> stored;
+    int64_t p = 0;
+    for (; p < 2 * N; p += 2) {
+      expect(is_key(tok[p]) && is_value(tok[p + 1]), "malformed pair");
+      expect(stored.emplace(tok[p], tok[p + 1] - K).second, "key stored twice");
+    }
+    int64_t parity = 0, events = 0;
+    while (p < T) {
+      ++events;
+      if (tok[p] == bit0 || tok[p] == bit1) {
+        parity ^= int64_t(tok[p] == bit1);
+        ++p;
+        continue;
+      }
+      expect(stored.count(tok[p]) == 1, "query of a key that was not stored");
+      const int32_t answer = int32_t(K + (stored[tok[p]] + parity * (V / 2)) % V);
+      targets[p] = answer;
+      mask[p] = 1;
+      if (p + 1 < T) expect(tok[p + 1] == answer, "query answer token is wrong");
+      p += 2;
+    }
+    return events;
+  };
+}
+
 // ---- the task table -------------------------------------------------------------------
 
 struct Case {
@@ -338,6 +368,8 @@ std::vector<Case> cases() {
       {"codeexec", "n_vars=2 m=3 ops=set,copy", 34, 1.0 / 3, codeexec_oracle(2, 3, 1)},
       {"recall_parity", "n_streams=3 name_vocab=16", 32, 0.5, recall_parity_oracle(16, 3)},
       {"recall_parity", "p_query=0", 17, 0.5, recall_parity_oracle(64, 4)},
+      {"flip_recall", "", 48, 1.0 / 32, flip_recall_oracle(32, 32, 16)},
+      {"flip_recall", "n_pairs=3 key_vocab=5 value_vocab=6 p_query=0.3", 17, 1.0 / 6, flip_recall_oracle(5, 6, 3)},
   };
 }
 
@@ -600,12 +632,14 @@ TEST_CASE("argument errors name the task, key and value") {
   check_throws_with([] { make_task("codeexec", "n_vars=1 ops=copy", 0); }, {"copy and swap", "n_vars >= 2"});
   check_throws_with([] { make_task("codeexec", "n_queries=5", 0); }, {"n_queries", "n_vars = 4"});
   check_throws_with([] { make_task("recall_parity", "n_streams=9 name_vocab=8", 0); }, {"name_vocab", "n_streams"});
+  check_throws_with([] { make_task("flip_recall", "value_vocab=7", 0); }, {"value_vocab", "7", "even"});
+  check_throws_with([] { make_task("flip_recall", "n_pairs=40", 0); }, {"key_vocab", "n_pairs"});
   // the valid forms, canonically named
   CHECK(make_task("mqar", "  value_vocab=8   key_vocab=64 ", 0)->name() == "mqar(key_vocab=64 value_vocab=8)");
   CHECK(make_task("parity", "", 0)->name() == "parity");
   CHECK(make_task("perm_a5", "", 0)->vocab_size() == 60);
   CHECK(make_task("codeexec", "n_vars=3 m=7", 0)->vocab_size() == 3 + 7 + 6);
-  CHECK(task_names().size() == 12);
+  CHECK(task_names().size() == 13);
   for (const std::string& n : task_names()) CHECK(is_task(n));
   CHECK_FALSE(is_task("text"));
 }

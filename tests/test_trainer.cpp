@@ -186,17 +186,22 @@ TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run rec
                           "--model.gdn_n_v_heads=2 --model.gdn_d_head_k=8 --model.gdn_d_head_v=8 " +
                           "--model.vocab_size=16 --train.steps=3 --train.warmup_steps=1 --train.batch_size=2 " +
                           "--train.seq_len=16 --train.eval_every=0 --grid.architectures=transformer,gdn " +
-                          "--data.source=parity --grid.tasks=parity --grid.seeds=1 --grid.jobs=2 --grid.length_multipliers=1,2 " +
+                          "--data.source=parity --grid.tasks=parity,modadd,modadd '--grid.task_args=-;m=3' --grid.seeds=1 " +
+                          "--grid.jobs=2 --grid.length_multipliers=1,2 " +
                           "--run.experiment=g --run.out_dir=" + out.string() + " > " + (out / "log").string() + " 2>&1";
   REQUIRE(std::system(cmd.c_str()) == 0);
   h5::File f = h5::File::open((out / "g" / "expressivity.h5").string());
   Shape shape;
   std::vector<double> acc = f.read<double>("accuracy", &shape);
-  CHECK(shape == Shape{2, 1, 1, 2});  // architecture, task, seed, length
+  CHECK(shape == Shape{2, 3, 1, 2});  // architecture, task, seed, length
   for (double a : acc) CHECK((a >= 0.0 && a <= 1.0));
   CHECK(f.read<int64_t>("lengths") == std::vector<int64_t>{16, 32});
+  // the same task with other arguments is another column, named by them
+  CHECK(f.read_strings("tasks") == std::vector<std::string>{"parity", "modadd-m3", "modadd"});
+  CHECK(f.read_strings("task_args") == std::vector<std::string>{"", "m=3", ""});
+  CHECK(fs::exists(out / "g-cells" / "gdn__modadd-m3__s0.h5"));
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::ifstream log(out / "log");
   std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  CHECK(text.find("2 already done") != std::string::npos);
+  CHECK(text.find("6 already done") != std::string::npos);
 }
