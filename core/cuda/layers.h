@@ -1,0 +1,89 @@
+// CUDA forward/backward of the layers, mirroring the CPU functions in layers/<name>.h
+// (same arguments, same overwrite/accumulate rules) with a Context first. Implemented in
+// layers/<name>.cu. Storage type T is bf16 (training) or float (the reference path used
+// to check indexing against the CPU to ~1e-6); arithmetic is fp32 throughout; parameter
+// gradients are fp32 (they feed fp32 master weights). All calls are asynchronous on
+// ctx.stream unless stated.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/cuda/convert.h"
+#include "layers/attention.h"
+#include "layers/embedding.h"
+#include "layers/lm_head.h"
+#include "layers/rmsnorm.h"
+#include "layers/swiglu_mlp.h"
+
+namespace hysim::cuda {
+
+// ---- RMSNorm (layers/rmsnorm.cu) ---------------------------------------------------
+// x, out: [N, C]; rstd: [N] fp32, saved for the backward.
+template <class T>
+void rmsnorm_forward(Context& ctx, T* out, float* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps);
+// dx overwritten (or += with accumulate_dx; skipped if nullptr); dw += (skipped if nullptr).
+// dw is reduced deterministically (fixed row chunks, then chunks in order; no atomics).
+template <class T>
+void rmsnorm_backward(Context& ctx, T* dx, float* dw, const T* dout, const T* x, const T* w, const float* rstd,
+                      int64_t N, int64_t C, bool accumulate_dx = false);
+
+// ---- SwiGLU MLP (layers/swiglu_mlp.cu) ---------------------------------------------
+// Projections through cuBLASLt (core/cuda/gemm.h); silu(gate) * up and its backward as
+// fused elementwise kernels. Backward scratch (dh fp32, dgate, dup: 4 + 2 sizeof(T)
+// bytes per hidden unit) comes from ctx.scratch and is released before returning.
+template <class T>
+void swiglu_forward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>& p, const SwiGLUActs<T>& a, T* y,
+                    const T* x, int64_t B, int64_t Tn);
+template <class T>
+void swiglu_backward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>& p, const SwiGLUParams<float>& grad,
+                     const SwiGLUActs<T>& a, T* dx, const T* dy, const T* x, int64_t B, int64_t Tn);
+
+// ---- Embedding (layers/embedding.cu) -----------------------------------------------
+// out[n, :] = wte[tokens[n], :]; tokens on the device. With validate (default) the call
+// synchronizes once and throws std::out_of_range naming the first token outside [0, V)
+// and its position, with the CPU's message; rows of bad tokens are zero-filled.
+template <class T>
+void embedding_forward(Context& ctx, T* out, const int32_t* tokens, const T* wte, int64_t N, int64_t D, int64_t V,
+                       bool validate = true);
+// dwte[tokens[n], :] += dout[n, :], deterministically: positions are sorted by token
+// (stable radix sort) and each token's rows are summed in position order, then added
+// once. Scratch from ctx.scratch.
+template <class T>
+void embedding_backward(Context& ctx, float* dwte, const T* dout, const int32_t* tokens, int64_t N, int64_t D);
+
+// ---- LM head + fused softmax cross-entropy (layers/lm_head.cu) ---------------------
+// hysim::lm_head_loss on the device: x [N, D], W [V, D] in T; targets [N] and loss_mask
+// [N] (or null) on the device. dx [N, D] OVERWRITTEN, dW [V, D] fp32 ACCUMULATED (either
+// may be null). Rows go in chunks of chunk_rows (<= 0: as many as fit in 1 GiB of fp32
+// logits + T dlogits, from ctx.scratch), so no N x V buffer exists. Synchronizes twice
+// (the mask's sum and target check before any output is written; the stats at the end).
+// Throws std::out_of_range with the CPU's message for a target outside [0, V) on a row
+// with m != 0, leaving dx and dW untouched.
+template <class T>
+LmHeadStats lm_head_loss(Context& ctx, T* dx, float* dW, const T* x, const T* W, const int32_t* targets,
+                         const float* loss_mask, int64_t N, int64_t D, int64_t V, double z_loss, int64_t chunk_rows,
+                         bool compute_grad);
+
+// ---- Attention: RoPE and the flash-style core (layers/attention.cu) -----------------
+// RoPE table for positions 0 .. Tn-1: [Tn, dh] fp32, row t = (scale cos(t f_i))_i then
+// (scale sin(t f_i))_i for the frequencies f_i (i < dh/2) and output scale of the CPU's
+// RoPE (plain RoPE: f_i = theta^(-2i/dh), scale 1). Upload once per sequence length.
+std::vector<float> rope_table(const std::vector<double>& freqs, double scale, int64_t Tn);
+// In place on x [B, Tn, n_heads, dh] (HF rotate_half pairs (i, i + dh/2)); inverse = true
+// applies the transpose (the backward). table: rope_table's values on the device.
+template <class T>
+void rope_apply(Context& ctx, T* x, const float* table, int64_t B, int64_t Tn, int64_t n_heads, int64_t dh,
+                bool inverse);
+// Causal / sliding-window attention core, GQA (c.n_heads, c.n_kv_heads, c.d_head in {64,
+// 128}, c.window; c.tile is the CPU's and not used). bf16 storage, fp32 accumulation.
+// q, o: [B, Tn, H, dh]; k, v: [B, Tn, Hkv, dh]; lse: [B, H, Tn] fp32 (natural log of the
+// row sums of exp(q.k / sqrt(dh)), as the CPU's). Nothing T x T is stored.
+void attention_core_forward(Context& ctx, const AttentionConfig& c, bf16* o, float* lse, const bf16* q,
+                            const bf16* k, const bf16* v, int64_t B, int64_t Tn);
+// dq, dk, dv overwritten (shaped like q, k, v); deterministic (no atomics). Scratch:
+// B Tn H floats from ctx.scratch.
+void attention_core_backward(Context& ctx, const AttentionConfig& c, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+                             const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, int64_t B,
+                             int64_t Tn);
+
+}  // namespace hysim::cuda

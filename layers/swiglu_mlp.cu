@@ -1,0 +1,76 @@
+// SwiGLU MLP on the GPU: three cuBLASLt projections (core/cuda/gemm.h) around fused
+// elementwise kernels. Math as in layers/swiglu_mlp.cpp:
+//   gate = x Wg^T, up = x Wu^T, h = silu(gate) up, y = h Wd^T
+//   dh = dy Wd; dgate = dh up silu'(gate); dup = dh silu(gate); dx = dgate Wg + dup Wu
+// dh is produced in fp32 (one rounding fewer before the elementwise step).
+#include "core/cuda/device_util.cuh"
+#include "core/cuda/gemm.h"
+#include "core/cuda/layers.h"
+
+namespace hysim::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <class T>
+__global__ void swiglu_act_kernel(T* __restrict__ h, const T* __restrict__ gate, const T* __restrict__ up, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = to_f32(gate[i]);
+    h[i] = from_f32<T>(g * sigmoid_f32(g) * to_f32(up[i]));
+  }
+}
+
+// d silu/dg = s (1 + g (1 - s)), s = sigmoid(g).
+template <class T>
+__global__ void swiglu_act_backward_kernel(T* __restrict__ dgate, T* __restrict__ dup, const float* __restrict__ dh,
+                                           const T* __restrict__ gate, const T* __restrict__ up, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = to_f32(gate[i]), d = dh[i], s = sigmoid_f32(g);
+    dgate[i] = from_f32<T>(d * to_f32(up[i]) * (s * (1.f + g * (1.f - s))));
+    dup[i] = from_f32<T>(d * g * s);
+  }
+}
+
+unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>(ceil_div(n, kThreads), 132 * 16)); }
+
+}  // namespace
+
+template <class T>
+void swiglu_forward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>& p, const SwiGLUActs<T>& a, T* y,
+                    const T* x, int64_t B, int64_t Tn) {
+  const int64_t N = B * Tn, D = c.d_model, F = c.d_hidden;
+  if (N <= 0) return;
+  linear_forward<T, T>(ctx, a.gate, x, p.gate_proj, N, D, F);
+  linear_forward<T, T>(ctx, a.up, x, p.up_proj, N, D, F);
+  swiglu_act_kernel<T><<<grid_for(N * F), kThreads, 0, ctx.stream>>>(a.h, a.gate, a.up, N * F);
+  CUDA_CHECK_LAUNCH("swiglu_act_kernel", shape_str("N, F", N, F));
+  linear_forward<T, T>(ctx, y, a.h, p.down_proj, N, F, D);
+}
+
+template <class T>
+void swiglu_backward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>& p, const SwiGLUParams<float>& grad,
+                     const SwiGLUActs<T>& a, T* dx, const T* dy, const T* x, int64_t B, int64_t Tn) {
+  const int64_t N = B * Tn, D = c.d_model, F = c.d_hidden;
+  if (N <= 0) return;
+  ArenaScope scope(ctx.scratch);
+  float* dh = ctx.scratch.alloc<float>(N * F, "swiglu dh");
+  T* dgate = ctx.scratch.alloc<T>(N * F, "swiglu dgate");
+  T* dup = ctx.scratch.alloc<T>(N * F, "swiglu dup");
+  linear_backward<T, float>(ctx, dh, grad.down_proj, dy, a.h, p.down_proj, N, F, D);
+  swiglu_act_backward_kernel<T><<<grid_for(N * F), kThreads, 0, ctx.stream>>>(dgate, dup, dh, a.gate, a.up, N * F);
+  CUDA_CHECK_LAUNCH("swiglu_act_backward_kernel", shape_str("N, F", N, F));
+  linear_backward<T, T>(ctx, dx, grad.gate_proj, dgate, x, p.gate_proj, N, D, F);
+  linear_backward<T, T>(ctx, dx, grad.up_proj, dup, x, p.up_proj, N, D, F, /*accumulate_dx=*/true);
+}
+
+#define INSTANTIATE(T)                                                                                         \
+  template void swiglu_forward<T>(Context&, const SwiGLUConfig&, const SwiGLUParams<T>&, const SwiGLUActs<T>&, \
+                                  T*, const T*, int64_t, int64_t);                                             \
+  template void swiglu_backward<T>(Context&, const SwiGLUConfig&, const SwiGLUParams<T>&,                      \
+                                   const SwiGLUParams<float>&, const SwiGLUActs<T>&, T*, const T*, const T*,  \
+                                   int64_t, int64_t);
+INSTANTIATE(float)
+INSTANTIATE(bf16)
+
+}  // namespace hysim::cuda
