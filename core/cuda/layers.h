@@ -11,6 +11,7 @@
 #include "core/cuda/convert.h"
 #include "layers/attention.h"
 #include "layers/embedding.h"
+#include "layers/gated_deltanet.h"
 #include "layers/lm_head.h"
 #include "layers/rmsnorm.h"
 #include "layers/swiglu_mlp.h"
@@ -85,5 +86,15 @@ void attention_core_forward(Context& ctx, const AttentionConfig& c, bf16* o, flo
 void attention_core_backward(Context& ctx, const AttentionConfig& c, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
                              const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, int64_t B,
                              int64_t Tn);
+
+// ---- Gated DeltaNet chunked core (layers/gated_deltanet.cu) -------------------------
+// hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
+// v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
+// entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 arithmetic.
+// Needs (dv dk + 2 C dk + C dv + C^2 + 2 C) floats of shared memory per block (C =
+// chunk_size; Olmo Hybrid's dk 96, dv 192, C 64: 189 KB); throws if the device has less.
+template <class T>
+void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
+                       const T* beta, const T* g, int64_t B, int64_t Tn);
 
 }  // namespace hysim::cuda

@@ -1,0 +1,565 @@
+// Attention on the GPU: RoPE and the causal / sliding-window attention core (GQA, head dims
+// 64 and 128), forward and backward, bf16 storage with fp32 accumulation. Math and layouts
+// as layers/attention.cpp (see layers/attention.h):
+//   o_h = softmax(q_h k_g^T / sqrt(dh) + mask) v_g,  g = h / (H / Hkv);  lse per query row
+//   query t keeps keys t-w+1 .. t (window w > 0) or 0 .. t (full causal)
+//
+// Flash-attention-2 structure on the tensor cores (bf16 in, fp32 accumulate):
+//  * forward (mma.sync in registers): a block owns 64 query rows of one head (4 warps x 16
+//    rows) and walks the key tiles of 64 that hold any kept key (tiles wholly before the
+//    window or after the diagonal are never touched). Each warp keeps its scores, the
+//    online softmax (running max and sum per row) and its output accumulator in registers;
+//    only lse is saved. Nothing T x T exists.
+//  * backward (WMMA 16x16x16 through shared memory), deterministic (no atomics),
+//    recomputing P from lse:
+//      D = rowsum(dO o O);  dS = P o (dO V^T - D) / sqrt(dh)
+//      dK/dV kernel: a block owns 64 keys of one kv head and loops over the query tiles of
+//        every query head of its group: dV += P^T dO, dK += dS^T Q.
+//      dQ kernel: a block owns 64 queries of one head and loops over key tiles: dQ += dS K.
+//    S and dO V^T are computed in both kernels (7 tile products instead of FA2's 5) so that
+//    each output has one owner and is summed in a fixed order.
+#include <mma.h>
+
+#include <type_traits>
+#include <vector>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "core/cuda/device_util.cuh"
+#include "core/cuda/layers.h"
+
+namespace hysim::cuda {
+
+namespace {
+
+namespace wmma = nvcuda::wmma;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;  // A^T of a row-major tile
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B^T of a row-major tile
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+constexpr int kTile = 64;  // query and key rows per tile
+constexpr int kWarps = 4;  // each warp owns 16 rows of a tile
+constexpr int kThreads = kWarps * kWarp;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Shared-memory row lengths (elements), padded against bank conflicts; each keeps WMMA's
+// 32-byte pointer alignment for 16-row / 16-column offsets.
+template <int DH> struct Ld {
+  static constexpr int bf = DH + 8;     // bf16 [64, DH] tiles: Q, K, V, dO
+  static constexpr int acc = DH + 4;    // fp32 [64, DH] accumulators: O, dK, dV, dQ
+  static constexpr int s = kTile + 4;   // fp32 [64, 64] scores, dO V^T
+  static constexpr int p = kTile + 8;   // bf16 [64, 64] P, dS
+  static constexpr size_t bf_bytes = size_t(kTile) * bf * 2, acc_bytes = size_t(kTile) * acc * 4,
+                          s_bytes = size_t(kTile) * s * 4, p_bytes = size_t(kTile) * p * 2;
+};
+
+__device__ __forceinline__ bool kept(int qi, int kj, int Tn, int window) {
+  return qi < Tn && kj <= qi && (window <= 0 || kj > qi - window);
+}
+
+// rows [0, valid) of a [64, DH] tile from global (row stride `stride` elements) into shared
+// memory, 16 bytes per access; rows past the sequence are zero.
+template <int DH> __device__ void load_tile(bf16* s, const bf16* __restrict__ g, int64_t stride, int valid) {
+  constexpr int kChunks = DH / 8;
+  for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < valid) v = *reinterpret_cast<const uint4*>(g + r * stride + c);
+    *reinterpret_cast<uint4*>(s + r * Ld<DH>::bf + c) = v;
+  }
+}
+
+template <int DH> __device__ void zero_acc(float* s) {
+  for (int i = threadIdx.x; i < kTile * Ld<DH>::acc; i += kThreads) s[i] = 0.f;
+}
+
+// dst[16 rows of this warp, 64] = A[16 rows, DH] B[64 rows, DH]^T (both row-major bf16 tiles).
+template <int DH> __device__ void warp_abt(float* dst, const bf16* a_rows, const bf16* b) {
+  FragC acc[kTile / 16];
+#pragma unroll
+  for (int j = 0; j < kTile / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
+#pragma unroll
+  for (int kk = 0; kk < DH / 16; ++kk) {
+    FragA a;
+    wmma::load_matrix_sync(a, a_rows + kk * 16, Ld<DH>::bf);
+#pragma unroll
+    for (int j = 0; j < kTile / 16; ++j) {
+      FragBT bt;
+      wmma::load_matrix_sync(bt, b + j * 16 * Ld<DH>::bf + kk * 16, Ld<DH>::bf);
+      wmma::mma_sync(acc[j], a, bt, acc[j]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kTile / 16; ++j) wmma::store_matrix_sync(dst + j * 16, acc[j], Ld<DH>::s, wmma::mem_row_major);
+}
+
+// acc[16 rows of this warp, DH] += P[16 rows, 64] V[64, DH], P bf16 (row-major, or the
+// transpose of a row-major tile when TransposeP: P^T's rows are the tile's columns).
+template <int DH, bool TransposeP> __device__ void warp_pv(float* acc_rows, const bf16* p, const bf16* v) {
+  FragC acc[DH / 16];
+#pragma unroll
+  for (int n = 0; n < DH / 16; ++n) wmma::load_matrix_sync(acc[n], acc_rows + n * 16, Ld<DH>::acc, wmma::mem_row_major);
+#pragma unroll
+  for (int kk = 0; kk < kTile / 16; ++kk) {
+    using FA = std::conditional_t<TransposeP, FragAT, FragA>;
+    FA a;
+    wmma::load_matrix_sync(a, TransposeP ? p + kk * 16 * Ld<DH>::p : p + kk * 16, Ld<DH>::p);
+#pragma unroll
+    for (int n = 0; n < DH / 16; ++n) {
+      FragB b;
+      wmma::load_matrix_sync(b, v + kk * 16 * Ld<DH>::bf + n * 16, Ld<DH>::bf);
+      wmma::mma_sync(acc[n], a, b, acc[n]);
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < DH / 16; ++n) wmma::store_matrix_sync(acc_rows + n * 16, acc[n], Ld<DH>::acc, wmma::mem_row_major);
+}
+
+// Rows [0, valid) of a fp32 [64, DH] accumulator times row_scale (or 1) to global bf16.
+template <int DH>
+__device__ void store_rows(bf16* __restrict__ g, int64_t stride, const float* s, int valid, float scale) {
+  for (int i = threadIdx.x; i < kTile * DH / 2; i += kThreads) {
+    const int r = i / (DH / 2), c = (i % (DH / 2)) * 2;
+    if (r >= valid) continue;
+    const float* src = s + r * Ld<DH>::acc + c;
+    *reinterpret_cast<__nv_bfloat162*>(g + r * stride + c) = __floats2bfloat162_rn(src[0] * scale, src[1] * scale);
+  }
+}
+
+// ---- forward: register-level tiles (mma.sync m16n8k16) ------------------------------------
+// Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4; a register holds 2 bf16):
+//   A 16x16: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+//   C 16x8:  c0, c1 (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1)
+// A C tile pair of S (keys 16j .. 16j+15) is exactly the A fragment of P for P V once
+// packed to bf16, so scores, probabilities and the output stay in registers; only K and V
+// tiles pass through shared memory.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Four transposed 8x8 bf16 matrices from shared memory (rows given by the lanes' addresses).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+template <int DH> constexpr size_t fwd_smem() { return 3 * Ld<DH>::bf_bytes; }
+
+template <int DH>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* __restrict__ q,
+                             const bf16* __restrict__ k, const bf16* __restrict__ v, int Tn, int H, int Hkv,
+                             int window, float scale_log2) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int LD = Ld<DH>::bf;
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + kTile * LD;
+  bf16* sV = sK + kTile * LD;
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;  // longest rows (most key tiles) first
+  const int h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
+  const int64_t qs = int64_t(H) * DH, ks = int64_t(Hkv) * DH;
+  const bf16* kb = k + int64_t(b) * Tn * ks + int64_t(g) * DH;
+  const bf16* vb = v + int64_t(b) * Tn * ks + int64_t(g) * DH;
+  load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, min(kTile, Tn - q0));
+  __syncthreads();
+  // This warp's 16 query rows as A fragments, for all DH / 16 steps of the reduction.
+  uint32_t qa[DH / 16][4];
+  const bf16* qw = sQ + warp * 16 * LD;
+#pragma unroll
+  for (int kk = 0; kk < DH / 16; ++kk) {
+    qa[kk][0] = lds32(qw + lg * LD + kk * 16 + 2 * lt);
+    qa[kk][1] = lds32(qw + (lg + 8) * LD + kk * 16 + 2 * lt);
+    qa[kk][2] = lds32(qw + lg * LD + kk * 16 + 8 + 2 * lt);
+    qa[kk][3] = lds32(qw + (lg + 8) * LD + kk * 16 + 8 + 2 * lt);
+  }
+  float oacc[DH / 8][4];
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+  // Rows lg and lg + 8 of the warp's 16: running max (log2 domain) and sum; the 4 lanes of a
+  // quad share the rows and hold equal copies.
+  const int qi0 = q0 + warp * 16 + lg, qi1 = qi0 + 8;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+
+  const int k_lo = window > 0 ? max(0, q0 - window + 1) / kTile * kTile : 0;
+  const int k_hi = min(Tn, q0 + kTile);
+  for (int k0 = k_lo; k0 < k_hi; k0 += kTile) {
+    __syncthreads();  // previous tile's K, V no longer read
+    load_tile<DH>(sK, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    load_tile<DH>(sV, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    __syncthreads();
+    // S [16, 64] = Q K^T: 8 n-tiles of 8 keys; b0/b1 are consecutive pairs of one K row.
+    float sacc[kTile / 8][4];
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n) {
+      sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
+      const bf16* krow = sK + (n * 8 + lg) * LD + 2 * lt;
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; ++kk) mma_bf16(sacc[n], qa[kk], lds32(krow + kk * 16), lds32(krow + kk * 16 + 8));
+    }
+    // Mask only where the tile crosses the diagonal or the window's start (or the sequence end).
+    const bool need_mask = k0 + kTile > q0 + 1 || k0 + kTile > Tn || (window > 0 && k0 <= q0 + kTile - 1 - window + 1);
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = e < 2 ? qi0 : qi1, kj = k0 + n * 8 + 2 * lt + (e & 1);
+        float x = sacc[n][e] * scale_log2;
+        if (need_mask && !kept(qi, kj, Tn, window)) x = -INFINITY;
+        sacc[n][e] = x;
+        mx[e / 2] = fmaxf(mx[e / 2], x);
+      }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m_run[r], mx[r]);
+      m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // nothing kept yet in this row: all p = 0
+      alpha[r] = exp2f(m_run[r] - m_use[r]);
+      m_run[r] = m_new;
+    }
+    float sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(sacc[n][e] - m_use[e / 2]);
+        sacc[n][e] = p;
+        sum[e / 2] += p;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+      l_run[r] = l_run[r] * alpha[r] + sum[r];
+    }
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) {
+      oacc[n][0] *= alpha[0], oacc[n][1] *= alpha[0];
+      oacc[n][2] *= alpha[1], oacc[n][3] *= alpha[1];
+    }
+    // O += P V over 4 steps of 16 keys; V's B fragments by transposed ldmatrix: matrices
+    // (keys +0, d +0), (keys +8, d +0), (keys +0, d +8), (keys +8, d +8).
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16(sacc[2 * kk][0], sacc[2 * kk][1]), pack_bf16(sacc[2 * kk][2], sacc[2 * kk][3]),
+                              pack_bf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
+                              pack_bf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
+      const int mat = lane / 8;
+      const bf16* vrow = sV + (kk * 16 + (mat & 1) * 8 + lane % 8) * LD + (mat >> 1) * 8;
+#pragma unroll
+      for (int n = 0; n < DH / 8; n += 2) {
+        uint32_t vb4[4];
+        ldmatrix_x4_trans(vb4, vrow + n * 8);
+        mma_bf16(oacc[n], pa, vb4[0], vb4[1]);
+        mma_bf16(oacc[n + 1], pa, vb4[2], vb4[3]);
+      }
+    }
+  }
+  // Normalise and store: rows qi0 (c0, c1) and qi1 (c2, c3), columns n*8 + 2 lt.
+  const float inv0 = 1.f / l_run[0], inv1 = 1.f / l_run[1];
+  bf16* ob = o + int64_t(b) * Tn * qs + int64_t(h) * DH + 2 * lt;
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n) {
+    if (qi0 < Tn)
+      *reinterpret_cast<__nv_bfloat162*>(ob + int64_t(qi0) * qs + n * 8) =
+          __floats2bfloat162_rn(oacc[n][0] * inv0, oacc[n][1] * inv0);
+    if (qi1 < Tn)
+      *reinterpret_cast<__nv_bfloat162*>(ob + int64_t(qi1) * qs + n * 8) =
+          __floats2bfloat162_rn(oacc[n][2] * inv1, oacc[n][3] * inv1);
+  }
+  if (lt == 0) {  // natural log of the row sum of exp(scaled scores)
+    float* lb = lse + (int64_t(b) * H + h) * Tn;
+    if (qi0 < Tn) lb[qi0] = (m_run[0] + log2f(l_run[0])) * kLn2;
+    if (qi1 < Tn) lb[qi1] = (m_run[1] + log2f(l_run[1])) * kLn2;
+  }
+}
+
+// D[b, h, t] = sum_i dO[b, t, h, i] O[b, t, h, i]; one warp per row.
+__global__ void attention_rowdot_kernel(float* __restrict__ D, const bf16* __restrict__ dout,
+                                        const bf16* __restrict__ o, int64_t rows, int Tn, int H, int dh) {
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarp;  // row = (b Tn + t) H + h
+  if (row >= rows) return;
+  const int lane = threadIdx.x % kWarp;
+  float s = 0.f;
+  for (int i = lane; i < dh; i += kWarp) s += to_f32(dout[row * dh + i]) * to_f32(o[row * dh + i]);
+  s = warp_sum(s);
+  const int64_t bt = row / H, h = row % H, b = bt / Tn, t = bt % Tn;
+  if (lane == 0) D[(b * H + h) * Tn + t] = s;
+}
+
+// Recompute P and dS for this warp's 16 rows of a (query tile, key tile) pair from S and
+// dP = dO V^T in shared memory; rows are queries q0 + r, columns keys k0 + c.
+template <int DH>
+__device__ void warp_p_ds(bf16* sP, bf16* sdS, const float* sS, const float* sdP, const float* sL, const float* sD,
+                          int q0, int k0, int Tn, int window, float scale_log2, float scale) {
+  using L = Ld<DH>;
+  const int lane = threadIdx.x % kWarp, r = (threadIdx.x / kWarp) * 16 + lane / 2, half = lane & 1, qi = q0 + r;
+  const float lse2 = sL[r], d = sD[r];
+#pragma unroll
+  for (int c = half * 32; c < half * 32 + 32; c += 2) {
+    float p[2], ds[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      p[e] = kept(qi, k0 + c + e, Tn, window) ? exp2f(sS[r * L::s + c + e] * scale_log2 - lse2) : 0.f;
+      ds[e] = p[e] * (sdP[r * L::s + c + e] - d) * scale;
+    }
+    if (sP) *reinterpret_cast<__nv_bfloat162*>(sP + r * L::p + c) = __floats2bfloat162_rn(p[0], p[1]);
+    *reinterpret_cast<__nv_bfloat162*>(sdS + r * L::p + c) = __floats2bfloat162_rn(ds[0], ds[1]);
+  }
+}
+
+template <int DH> constexpr size_t dkv_smem() {
+  return 4 * Ld<DH>::bf_bytes + 2 * Ld<DH>::s_bytes + 2 * Ld<DH>::p_bytes + 2 * Ld<DH>::acc_bytes +
+         2 * kTile * sizeof(float);
+}
+
+template <int DH>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
+                                  const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                  const float* __restrict__ lse, const float* __restrict__ D, int Tn, int H, int Hkv,
+                                  int window, float scale_log2, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  using L = Ld<DH>;
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + kTile * L::bf;
+  bf16* sQ = sV + kTile * L::bf;
+  bf16* sdO = sQ + kTile * L::bf;
+  float* sS = reinterpret_cast<float*>(sdO + kTile * L::bf);
+  float* sdP = sS + kTile * L::s;
+  bf16* sP = reinterpret_cast<bf16*>(sdP + kTile * L::s);
+  bf16* sdS = sP + kTile * L::p;
+  float* sdK = reinterpret_cast<float*>(sdS + kTile * L::p);
+  float* sdV = sdK + kTile * L::acc;
+  float* sL = sdV + kTile * L::acc;
+  float* sD = sL + kTile;
+
+  const int k0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z, group = H / Hkv;
+  const int warp = threadIdx.x / kWarp;
+  const int64_t qs = int64_t(H) * DH, ks = int64_t(Hkv) * DH;
+  const int kvalid = min(kTile, Tn - k0);
+  load_tile<DH>(sK, k + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, kvalid);
+  load_tile<DH>(sV, v + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, kvalid);
+  zero_acc<DH>(sdK);
+  zero_acc<DH>(sdV);
+  // Queries that keep any of keys k0 .. k0+63: k0 <= t < k0 + 63 + window.
+  const int q_hi = window > 0 ? min(Tn, k0 + kTile - 1 + window) : Tn;
+  for (int hh = 0; hh < group; ++hh) {
+    const int h = g * group + hh;
+    for (int q0 = k0; q0 < q_hi; q0 += kTile) {
+      __syncthreads();  // previous pair's Q, dO, P, dS no longer read
+      const int qvalid = min(kTile, Tn - q0);
+      load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
+      load_tile<DH>(sdO, dout + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
+      if (threadIdx.x < kTile) {
+        const int64_t i = (int64_t(b) * H + h) * Tn + q0 + threadIdx.x;
+        sL[threadIdx.x] = threadIdx.x < qvalid ? lse[i] * kLog2e : 0.f;
+        sD[threadIdx.x] = threadIdx.x < qvalid ? D[i] : 0.f;
+      }
+      __syncthreads();
+      warp_abt<DH>(sS + warp * 16 * L::s, sQ + warp * 16 * L::bf, sK);
+      warp_abt<DH>(sdP + warp * 16 * L::s, sdO + warp * 16 * L::bf, sV);
+      __syncwarp();
+      warp_p_ds<DH>(sP, sdS, sS, sdP, sL, sD, q0, k0, Tn, window, scale_log2, scale);
+      __syncthreads();  // dV, dK rows (keys) need P, dS of every warp's query rows
+      warp_pv<DH, true>(sdV + warp * 16 * L::acc, sP + warp * 16, sdO);   // dV += P^T dO
+      warp_pv<DH, true>(sdK + warp * 16 * L::acc, sdS + warp * 16, sQ);   // dK += dS^T Q
+    }
+  }
+  __syncthreads();
+  store_rows<DH>(dk + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, sdK, kvalid, 1.f);
+  store_rows<DH>(dv + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, sdV, kvalid, 1.f);
+}
+
+template <int DH> constexpr size_t dq_smem() {
+  return 4 * Ld<DH>::bf_bytes + 2 * Ld<DH>::s_bytes + Ld<DH>::p_bytes + Ld<DH>::acc_bytes + 2 * kTile * sizeof(float);
+}
+
+template <int DH>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                                 const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                 const float* __restrict__ lse, const float* __restrict__ D, int Tn, int H, int Hkv,
+                                 int window, float scale_log2, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  using L = Ld<DH>;
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sdO = sQ + kTile * L::bf;
+  bf16* sK = sdO + kTile * L::bf;
+  bf16* sV = sK + kTile * L::bf;
+  float* sS = reinterpret_cast<float*>(sV + kTile * L::bf);
+  float* sdP = sS + kTile * L::s;
+  bf16* sdS = reinterpret_cast<bf16*>(sdP + kTile * L::s);
+  float* sdQ = reinterpret_cast<float*>(sdS + kTile * L::p);
+  float* sL = sdQ + kTile * L::acc;
+  float* sD = sL + kTile;
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
+  const int h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
+  const int warp = threadIdx.x / kWarp;
+  const int64_t qs = int64_t(H) * DH, ks = int64_t(Hkv) * DH;
+  const int qvalid = min(kTile, Tn - q0);
+  load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
+  load_tile<DH>(sdO, dout + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
+  if (threadIdx.x < kTile) {
+    const int64_t i = (int64_t(b) * H + h) * Tn + q0 + threadIdx.x;
+    sL[threadIdx.x] = threadIdx.x < qvalid ? lse[i] * kLog2e : 0.f;
+    sD[threadIdx.x] = threadIdx.x < qvalid ? D[i] : 0.f;
+  }
+  zero_acc<DH>(sdQ);
+  const bf16* kb = k + int64_t(b) * Tn * ks + int64_t(g) * DH;
+  const bf16* vb = v + int64_t(b) * Tn * ks + int64_t(g) * DH;
+  const int k_lo = window > 0 ? max(0, q0 - window + 1) / kTile * kTile : 0;
+  const int k_hi = min(Tn, q0 + kTile);
+  for (int k0 = k_lo; k0 < k_hi; k0 += kTile) {
+    __syncthreads();
+    load_tile<DH>(sK, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    load_tile<DH>(sV, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    __syncthreads();
+    warp_abt<DH>(sS + warp * 16 * L::s, sQ + warp * 16 * L::bf, sK);
+    warp_abt<DH>(sdP + warp * 16 * L::s, sdO + warp * 16 * L::bf, sV);
+    __syncwarp();
+    warp_p_ds<DH>(nullptr, sdS, sS, sdP, sL, sD, q0, k0, Tn, window, scale_log2, scale);
+    __syncwarp();
+    warp_pv<DH, false>(sdQ + warp * 16 * L::acc, sdS + warp * 16 * L::p, sK);  // dQ += dS K
+  }
+  __syncthreads();
+  store_rows<DH>(dq + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, sdQ, qvalid, 1.f);
+}
+
+void check_core_shapes(const char* fn, const AttentionConfig& c, int64_t B, int64_t Tn) {
+  c.validate();
+  if (c.d_head != 64 && c.d_head != 128)
+    throw std::invalid_argument(shape_str(std::string(fn) + ": d_head must be 64 or 128; d_head", c.d_head));
+  if (Tn >= (int64_t(1) << 30) || B >= 65536 || c.n_heads >= 65536)
+    throw std::invalid_argument(shape_str(std::string(fn) + ": too large; B, Tn, H", B, Tn, c.n_heads));
+}
+
+template <class K> void set_smem(K kernel, size_t bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+             shape_str("attention shared memory bytes", int64_t(bytes)));
+}
+
+template <int DH>
+void forward_dh(Context& ctx, const AttentionConfig& c, bf16* o, float* lse, const bf16* q, const bf16* k,
+                const bf16* v, int64_t B, int64_t Tn) {
+  const size_t smem = fwd_smem<DH>();
+  set_smem(attention_forward_kernel<DH>, smem);
+  const dim3 grid(unsigned(ceil_div(Tn, kTile)), unsigned(c.n_heads), unsigned(B));
+  const float scale_log2 = float(kLog2e / std::sqrt(double(DH)));
+  attention_forward_kernel<DH><<<grid, kThreads, smem, ctx.stream>>>(o, lse, q, k, v, int(Tn), int(c.n_heads),
+                                                                      int(c.n_kv_heads), int(c.window), scale_log2);
+  CUDA_CHECK_LAUNCH("attention_forward_kernel", shape_str("B, Tn, H, Hkv, dh, window", B, Tn, c.n_heads,
+                                                          c.n_kv_heads, DH, c.window));
+}
+
+template <int DH>
+void backward_dh(Context& ctx, const AttentionConfig& c, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+                 const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* D, int64_t B,
+                 int64_t Tn) {
+  const std::string shapes =
+      shape_str("B, Tn, H, Hkv, dh, window", B, Tn, c.n_heads, c.n_kv_heads, DH, c.window);
+  const float scale = float(1.0 / std::sqrt(double(DH))), scale_log2 = scale * kLog2e;
+  const unsigned tiles = unsigned(ceil_div(Tn, kTile));
+  set_smem(attention_backward_dkv_kernel<DH>, dkv_smem<DH>());
+  attention_backward_dkv_kernel<DH><<<dim3(tiles, unsigned(c.n_kv_heads), unsigned(B)), kThreads, dkv_smem<DH>(),
+                                      ctx.stream>>>(dk, dv, dout, q, k, v, lse, D, int(Tn), int(c.n_heads),
+                                                    int(c.n_kv_heads), int(c.window), scale_log2, scale);
+  CUDA_CHECK_LAUNCH("attention_backward_dkv_kernel", shapes);
+  set_smem(attention_backward_dq_kernel<DH>, dq_smem<DH>());
+  attention_backward_dq_kernel<DH><<<dim3(tiles, unsigned(c.n_heads), unsigned(B)), kThreads, dq_smem<DH>(),
+                                     ctx.stream>>>(dq, dout, q, k, v, lse, D, int(Tn), int(c.n_heads),
+                                                   int(c.n_kv_heads), int(c.window), scale_log2, scale);
+  CUDA_CHECK_LAUNCH("attention_backward_dq_kernel", shapes);
+}
+
+// RoPE: one thread per rotated pair (i, i + dh/2) of one row of one head.
+template <class T>
+__global__ void rope_kernel(T* __restrict__ x, const float* __restrict__ table, int64_t pairs, int Tn, int n_heads,
+                            int half, bool inverse) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= pairs) return;
+  const int i = int(idx % half);
+  const int64_t row = idx / half;  // (b Tn + t) n_heads + h
+  const int t = int((row / n_heads) % Tn);
+  const float cs = table[int64_t(t) * 2 * half + i], sn0 = table[int64_t(t) * 2 * half + half + i];
+  const float sn = inverse ? -sn0 : sn0;
+  T* r = x + row * 2 * half;
+  const float x1 = to_f32(r[i]), x2 = to_f32(r[i + half]);
+  r[i] = from_f32<T>(x1 * cs - x2 * sn);
+  r[i + half] = from_f32<T>(x2 * cs + x1 * sn);
+}
+
+}  // namespace
+
+std::vector<float> rope_table(const std::vector<double>& freqs, double scale, int64_t Tn) {
+  const int64_t half = int64_t(freqs.size());
+  std::vector<float> tab(Tn * 2 * half);
+  for (int64_t t = 0; t < Tn; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = double(t) * freqs[i];
+      tab[t * 2 * half + i] = float(scale * std::cos(angle));
+      tab[t * 2 * half + half + i] = float(scale * std::sin(angle));
+    }
+  return tab;
+}
+
+template <class T>
+void rope_apply(Context& ctx, T* x, const float* table, int64_t B, int64_t Tn, int64_t n_heads, int64_t dh,
+                bool inverse) {
+  if (dh % 2 != 0) throw std::invalid_argument(shape_str("rope_apply: odd head dim", dh));
+  const int64_t pairs = B * Tn * n_heads * (dh / 2);
+  if (pairs <= 0) return;
+  rope_kernel<T><<<unsigned(ceil_div(pairs, 256)), 256, 0, ctx.stream>>>(x, table, pairs, int(Tn), int(n_heads),
+                                                                         int(dh / 2), inverse);
+  CUDA_CHECK_LAUNCH("rope_kernel", shape_str("B, Tn, n_heads, dh", B, Tn, n_heads, dh));
+}
+
+void attention_core_forward(Context& ctx, const AttentionConfig& c, bf16* o, float* lse, const bf16* q,
+                            const bf16* k, const bf16* v, int64_t B, int64_t Tn) {
+  check_core_shapes("attention_core_forward", c, B, Tn);
+  if (B <= 0 || Tn <= 0) return;
+  if (c.d_head == 64) forward_dh<64>(ctx, c, o, lse, q, k, v, B, Tn);
+  else forward_dh<128>(ctx, c, o, lse, q, k, v, B, Tn);
+}
+
+void attention_core_backward(Context& ctx, const AttentionConfig& c, bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+                             const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, int64_t B,
+                             int64_t Tn) {
+  check_core_shapes("attention_core_backward", c, B, Tn);
+  if (B <= 0 || Tn <= 0) return;
+  ArenaScope scope(ctx.scratch);
+  const int64_t rows = B * Tn * c.n_heads;
+  float* D = ctx.scratch.alloc<float>(rows, "attention rowdot D");
+  attention_rowdot_kernel<<<unsigned(ceil_div(rows, kWarps)), kThreads, 0, ctx.stream>>>(D, dout, o, rows, int(Tn),
+                                                                                          int(c.n_heads),
+                                                                                          int(c.d_head));
+  CUDA_CHECK_LAUNCH("attention_rowdot_kernel", shape_str("rows, dh", rows, c.d_head));
+  if (c.d_head == 64) backward_dh<64>(ctx, c, dq, dk, dv, dout, q, k, v, lse, D, B, Tn);
+  else backward_dh<128>(ctx, c, dq, dk, dv, dout, q, k, v, lse, D, B, Tn);
+}
+
+template void rope_apply<float>(Context&, float*, const float*, int64_t, int64_t, int64_t, int64_t, bool);
+template void rope_apply<bf16>(Context&, bf16*, const float*, int64_t, int64_t, int64_t, int64_t, bool);
+
+}  // namespace hysim::cuda
