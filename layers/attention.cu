@@ -4,28 +4,24 @@
 //   o_h = softmax(q_h k_g^T / sqrt(dh) + mask) v_g,  g = h / (H / Hkv);  lse per query row
 //   query t keeps keys t-w+1 .. t (window w > 0) or 0 .. t (full causal)
 //
-// Flash-attention-2 structure on the tensor cores (bf16 in, fp32 accumulate):
-//  * forward (mma.sync in registers): a block owns 64 query rows of one head (4 warps x 16
-//    rows) and walks the key tiles of 64 that hold any kept key (tiles wholly before the
-//    window or after the diagonal are never touched). Each warp keeps its scores, the
-//    online softmax (running max and sum per row) and its output accumulator in registers;
-//    only lse is saved. Nothing T x T exists.
-//  * backward (WMMA 16x16x16 through shared memory), deterministic (no atomics),
-//    recomputing P from lse:
+// Flash-attention-2 structure on the tensor cores (mma.sync m16n8k16, bf16 in, fp32
+// accumulate), tiles of 64 queries x 64 keys, 4 warps of 16 rows, operands staged in
+// shared memory, scores / probabilities / accumulators in registers:
+//  * forward: a block owns 64 query rows of one head and walks the key tiles that hold any
+//    kept key (tiles wholly before the window or after the diagonal are never touched),
+//    with the online softmax (running max and sum per row); only lse is saved. Nothing
+//    T x T exists.
+//  * backward, deterministic (no atomics), recomputing P from lse:
 //      D = rowsum(dO o O);  dS = P o (dO V^T - D) / sqrt(dh)
 //      dK/dV kernel: a block owns 64 keys of one kv head and loops over the query tiles of
 //        every query head of its group: dV += P^T dO, dK += dS^T Q.
 //      dQ kernel: a block owns 64 queries of one head and loops over key tiles: dQ += dS K.
 //    S and dO V^T are computed in both kernels (7 tile products instead of FA2's 5) so that
 //    each output has one owner and is summed in a fixed order.
-#include <mma.h>
-
-#include <type_traits>
-#include <vector>
-
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "core/cuda/device_util.cuh"
 #include "core/cuda/layers.h"
@@ -34,28 +30,18 @@ namespace hysim::cuda {
 
 namespace {
 
-namespace wmma = nvcuda::wmma;
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
-using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;  // A^T of a row-major tile
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
-using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B^T of a row-major tile
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
 constexpr int kTile = 64;  // query and key rows per tile
 constexpr int kWarps = 4;  // each warp owns 16 rows of a tile
 constexpr int kThreads = kWarps * kWarp;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// Shared-memory row lengths (elements), padded against bank conflicts; each keeps WMMA's
-// 32-byte pointer alignment for 16-row / 16-column offsets.
+// Shared-memory row length (elements) of the bf16 [64, DH] tiles (Q, K, V, dO): padded by
+// 16 bytes so that the 32-bit fragment loads of 8 rows x 4 lanes hit 32 different banks
+// and ldmatrix's 16-byte rows stay aligned.
 template <int DH> struct Ld {
-  static constexpr int bf = DH + 8;     // bf16 [64, DH] tiles: Q, K, V, dO
-  static constexpr int acc = DH + 4;    // fp32 [64, DH] accumulators: O, dK, dV, dQ
-  static constexpr int s = kTile + 4;   // fp32 [64, 64] scores, dO V^T
-  static constexpr int p = kTile + 8;   // bf16 [64, 64] P, dS
-  static constexpr size_t bf_bytes = size_t(kTile) * bf * 2, acc_bytes = size_t(kTile) * acc * 4,
-                          s_bytes = size_t(kTile) * s * 4, p_bytes = size_t(kTile) * p * 2;
+  static constexpr int bf = DH + 8;
+  static constexpr size_t bf_bytes = size_t(kTile) * bf * 2;
 };
 
 __device__ __forceinline__ bool kept(int qi, int kj, int Tn, int window) {
@@ -71,63 +57,6 @@ template <int DH> __device__ void load_tile(bf16* s, const bf16* __restrict__ g,
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < valid) v = *reinterpret_cast<const uint4*>(g + r * stride + c);
     *reinterpret_cast<uint4*>(s + r * Ld<DH>::bf + c) = v;
-  }
-}
-
-template <int DH> __device__ void zero_acc(float* s) {
-  for (int i = threadIdx.x; i < kTile * Ld<DH>::acc; i += kThreads) s[i] = 0.f;
-}
-
-// dst[16 rows of this warp, 64] = A[16 rows, DH] B[64 rows, DH]^T (both row-major bf16 tiles).
-template <int DH> __device__ void warp_abt(float* dst, const bf16* a_rows, const bf16* b) {
-  FragC acc[kTile / 16];
-#pragma unroll
-  for (int j = 0; j < kTile / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
-#pragma unroll
-  for (int kk = 0; kk < DH / 16; ++kk) {
-    FragA a;
-    wmma::load_matrix_sync(a, a_rows + kk * 16, Ld<DH>::bf);
-#pragma unroll
-    for (int j = 0; j < kTile / 16; ++j) {
-      FragBT bt;
-      wmma::load_matrix_sync(bt, b + j * 16 * Ld<DH>::bf + kk * 16, Ld<DH>::bf);
-      wmma::mma_sync(acc[j], a, bt, acc[j]);
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kTile / 16; ++j) wmma::store_matrix_sync(dst + j * 16, acc[j], Ld<DH>::s, wmma::mem_row_major);
-}
-
-// acc[16 rows of this warp, DH] += P[16 rows, 64] V[64, DH], P bf16 (row-major, or the
-// transpose of a row-major tile when TransposeP: P^T's rows are the tile's columns).
-template <int DH, bool TransposeP> __device__ void warp_pv(float* acc_rows, const bf16* p, const bf16* v) {
-  FragC acc[DH / 16];
-#pragma unroll
-  for (int n = 0; n < DH / 16; ++n) wmma::load_matrix_sync(acc[n], acc_rows + n * 16, Ld<DH>::acc, wmma::mem_row_major);
-#pragma unroll
-  for (int kk = 0; kk < kTile / 16; ++kk) {
-    using FA = std::conditional_t<TransposeP, FragAT, FragA>;
-    FA a;
-    wmma::load_matrix_sync(a, TransposeP ? p + kk * 16 * Ld<DH>::p : p + kk * 16, Ld<DH>::p);
-#pragma unroll
-    for (int n = 0; n < DH / 16; ++n) {
-      FragB b;
-      wmma::load_matrix_sync(b, v + kk * 16 * Ld<DH>::bf + n * 16, Ld<DH>::bf);
-      wmma::mma_sync(acc[n], a, b, acc[n]);
-    }
-  }
-#pragma unroll
-  for (int n = 0; n < DH / 16; ++n) wmma::store_matrix_sync(acc_rows + n * 16, acc[n], Ld<DH>::acc, wmma::mem_row_major);
-}
-
-// Rows [0, valid) of a fp32 [64, DH] accumulator times row_scale (or 1) to global bf16.
-template <int DH>
-__device__ void store_rows(bf16* __restrict__ g, int64_t stride, const float* s, int valid, float scale) {
-  for (int i = threadIdx.x; i < kTile * DH / 2; i += kThreads) {
-    const int r = i / (DH / 2), c = (i % (DH / 2)) * 2;
-    if (r >= valid) continue;
-    const float* src = s + r * Ld<DH>::acc + c;
-    *reinterpret_cast<__nv_bfloat162*>(g + r * stride + c) = __floats2bfloat162_rn(src[0] * scale, src[1] * scale);
   }
 }
 
@@ -307,67 +236,107 @@ __global__ void attention_rowdot_kernel(float* __restrict__ D, const bf16* __res
   if (lane == 0) D[(b * H + h) * Tn + t] = s;
 }
 
-// Recompute P and dS for this warp's 16 rows of a (query tile, key tile) pair from S and
-// dP = dO V^T in shared memory; rows are queries q0 + r, columns keys k0 + c.
-template <int DH>
-__device__ void warp_p_ds(bf16* sP, bf16* sdS, const float* sS, const float* sdP, const float* sL, const float* sD,
-                          int q0, int k0, int Tn, int window, float scale_log2, float scale) {
-  using L = Ld<DH>;
-  const int lane = threadIdx.x % kWarp, r = (threadIdx.x / kWarp) * 16 + lane / 2, half = lane & 1, qi = q0 + r;
-  const float lse2 = sL[r], d = sD[r];
+// ---- backward: register-level tiles, deterministic ------------------------------------------
+// dst[16, 64] = A[16 rows, DH] B[64 rows, DH]^T for this warp, both row-major in shared
+// memory; fragments by 32-bit loads (conflict-free with the padded row length).
+template <int DH> __device__ __forceinline__ void warp_abt(float (&dst)[kTile / 8][4], const bf16* a, const bf16* b) {
+  constexpr int LD = Ld<DH>::bf;
+  const int lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
 #pragma unroll
-  for (int c = half * 32; c < half * 32 + 32; c += 2) {
-    float p[2], ds[2];
+  for (int n = 0; n < kTile / 8; ++n) dst[n][0] = dst[n][1] = dst[n][2] = dst[n][3] = 0.f;
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      p[e] = kept(qi, k0 + c + e, Tn, window) ? exp2f(sS[r * L::s + c + e] * scale_log2 - lse2) : 0.f;
-      ds[e] = p[e] * (sdP[r * L::s + c + e] - d) * scale;
+  for (int kk = 0; kk < DH / 16; ++kk) {
+    const uint32_t af[4] = {lds32(a + lg * LD + kk * 16 + 2 * lt), lds32(a + (lg + 8) * LD + kk * 16 + 2 * lt),
+                            lds32(a + lg * LD + kk * 16 + 8 + 2 * lt), lds32(a + (lg + 8) * LD + kk * 16 + 8 + 2 * lt)};
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n) {
+      const bf16* brow = b + (n * 8 + lg) * LD + kk * 16 + 2 * lt;
+      mma_bf16(dst[n], af, lds32(brow), lds32(brow + 8));
     }
-    if (sP) *reinterpret_cast<__nv_bfloat162*>(sP + r * L::p + c) = __floats2bfloat162_rn(p[0], p[1]);
-    *reinterpret_cast<__nv_bfloat162*>(sdS + r * L::p + c) = __floats2bfloat162_rn(ds[0], ds[1]);
   }
 }
 
-template <int DH> constexpr size_t dkv_smem() {
-  return 4 * Ld<DH>::bf_bytes + 2 * Ld<DH>::s_bytes + 2 * Ld<DH>::p_bytes + 2 * Ld<DH>::acc_bytes +
-         2 * kTile * sizeof(float);
+// acc[16, DH] += P[16, 64] V[64, DH]: P from this warp's registers (C layout, packed to bf16
+// A fragments), V row-major in shared memory (B fragments by transposed ldmatrix).
+template <int DH>
+__device__ __forceinline__ void warp_acc_pv(float (&acc)[DH / 8][4], const float (&p)[kTile / 8][4], const bf16* v) {
+  constexpr int LD = Ld<DH>::bf;
+  const int lane = threadIdx.x % kWarp, mat = lane / 8;
+#pragma unroll
+  for (int kk = 0; kk < kTile / 16; ++kk) {
+    const uint32_t pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                            pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    const bf16* vrow = v + (kk * 16 + (mat & 1) * 8 + lane % 8) * LD + (mat >> 1) * 8;
+#pragma unroll
+    for (int n = 0; n < DH / 8; n += 2) {
+      uint32_t vb4[4];
+      ldmatrix_x4_trans(vb4, vrow + n * 8);
+      mma_bf16(acc[n], pa, vb4[0], vb4[1]);
+      mma_bf16(acc[n + 1], pa, vb4[2], vb4[3]);
+    }
+  }
 }
 
+// Whether a (64 queries from q0, 64 keys from k0) tile pair has any masked pair.
+__device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int Tn, int window) {
+  return q0 < k0 + kTile - 1 || q0 + kTile > Tn || k0 + kTile > Tn || (window > 0 && q0 + kTile - 1 - k0 >= window);
+}
+
+// Rows r0, r0 + 8 (this lane's) of a [16, DH] register accumulator to global bf16.
 template <int DH>
-__global__ void __launch_bounds__(kThreads)
+__device__ __forceinline__ void store_acc(bf16* __restrict__ base, int64_t stride, const float (&acc)[DH / 8][4],
+                                          int row0, int Tn, float scale) {
+  const int lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
+  const int r0 = row0 + lg, r1 = r0 + 8;
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n) {
+    if (r0 < Tn)
+      *reinterpret_cast<__nv_bfloat162*>(base + int64_t(r0) * stride + n * 8 + 2 * lt) =
+          __floats2bfloat162_rn(acc[n][0] * scale, acc[n][1] * scale);
+    if (r1 < Tn)
+      *reinterpret_cast<__nv_bfloat162*>(base + int64_t(r1) * stride + n * 8 + 2 * lt) =
+          __floats2bfloat162_rn(acc[n][2] * scale, acc[n][3] * scale);
+  }
+}
+
+template <int DH> constexpr size_t bwd_smem() { return 4 * Ld<DH>::bf_bytes + 2 * kTile * sizeof(float); }
+
+// dK, dV for 64 keys of one kv head: each warp owns 16 keys and works on transposed tiles
+// S^T = K Q^T and dP^T = V dO^T, so that P^T and dS^T are A fragments in its registers:
+//   dV += P^T dO,  dK += dS^T Q  (scale folded into dS).
+template <int DH>
+__global__ void __launch_bounds__(kThreads, 1)
     attention_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
                                   const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                                   const float* __restrict__ lse, const float* __restrict__ D, int Tn, int H, int Hkv,
                                   int window, float scale_log2, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
-  using L = Ld<DH>;
+  constexpr int LD = Ld<DH>::bf;
   bf16* sK = reinterpret_cast<bf16*>(smem);
-  bf16* sV = sK + kTile * L::bf;
-  bf16* sQ = sV + kTile * L::bf;
-  bf16* sdO = sQ + kTile * L::bf;
-  float* sS = reinterpret_cast<float*>(sdO + kTile * L::bf);
-  float* sdP = sS + kTile * L::s;
-  bf16* sP = reinterpret_cast<bf16*>(sdP + kTile * L::s);
-  bf16* sdS = sP + kTile * L::p;
-  float* sdK = reinterpret_cast<float*>(sdS + kTile * L::p);
-  float* sdV = sdK + kTile * L::acc;
-  float* sL = sdV + kTile * L::acc;
+  bf16* sV = sK + kTile * LD;
+  bf16* sQ = sV + kTile * LD;
+  bf16* sdO = sQ + kTile * LD;
+  float* sL = reinterpret_cast<float*>(sdO + kTile * LD);
   float* sD = sL + kTile;
 
   const int k0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z, group = H / Hkv;
-  const int warp = threadIdx.x / kWarp;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
   const int64_t qs = int64_t(H) * DH, ks = int64_t(Hkv) * DH;
   const int kvalid = min(kTile, Tn - k0);
   load_tile<DH>(sK, k + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, kvalid);
   load_tile<DH>(sV, v + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, kvalid);
-  zero_acc<DH>(sdK);
-  zero_acc<DH>(sdV);
+  float dk_acc[DH / 8][4], dv_acc[DH / 8][4];
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[n][e] = dv_acc[n][e] = 0.f;
+  const int kj0 = k0 + warp * 16 + lg, kj1 = kj0 + 8;  // this lane's key rows
   // Queries that keep any of keys k0 .. k0+63: k0 <= t < k0 + 63 + window.
   const int q_hi = window > 0 ? min(Tn, k0 + kTile - 1 + window) : Tn;
   for (int hh = 0; hh < group; ++hh) {
     const int h = g * group + hh;
     for (int q0 = k0; q0 < q_hi; q0 += kTile) {
-      __syncthreads();  // previous pair's Q, dO, P, dS no longer read
+      __syncthreads();  // previous pair's Q, dO no longer read
       const int qvalid = min(kTile, Tn - q0);
       load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
       load_tile<DH>(sdO, dout + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
@@ -377,46 +346,54 @@ __global__ void __launch_bounds__(kThreads)
         sD[threadIdx.x] = threadIdx.x < qvalid ? D[i] : 0.f;
       }
       __syncthreads();
-      warp_abt<DH>(sS + warp * 16 * L::s, sQ + warp * 16 * L::bf, sK);
-      warp_abt<DH>(sdP + warp * 16 * L::s, sdO + warp * 16 * L::bf, sV);
-      __syncwarp();
-      warp_p_ds<DH>(sP, sdS, sS, sdP, sL, sD, q0, k0, Tn, window, scale_log2, scale);
-      __syncthreads();  // dV, dK rows (keys) need P, dS of every warp's query rows
-      warp_pv<DH, true>(sdV + warp * 16 * L::acc, sP + warp * 16, sdO);   // dV += P^T dO
-      warp_pv<DH, true>(sdK + warp * 16 * L::acc, sdS + warp * 16, sQ);   // dK += dS^T Q
+      const bool need_mask = tile_needs_mask(q0, k0, Tn, window);
+      float pt[kTile / 8][4];  // S^T, then P^T
+      warp_abt<DH>(pt, sK + warp * 16 * LD, sQ);
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + 2 * lt + (e & 1), qi = q0 + col, kj = e < 2 ? kj0 : kj1;
+          const bool keep = !need_mask || kept(qi, kj, Tn, window);
+          pt[n][e] = keep ? exp2f(pt[n][e] * scale_log2 - sL[col]) : 0.f;
+        }
+      warp_acc_pv<DH>(dv_acc, pt, sdO);
+      float dst[kTile / 8][4];  // dP^T, then dS^T
+      warp_abt<DH>(dst, sV + warp * 16 * LD, sdO);
+#pragma unroll
+      for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + 2 * lt + (e & 1);
+          dst[n][e] = pt[n][e] * (dst[n][e] - sD[col]) * scale;
+        }
+      warp_acc_pv<DH>(dk_acc, dst, sQ);
     }
   }
-  __syncthreads();
-  store_rows<DH>(dk + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, sdK, kvalid, 1.f);
-  store_rows<DH>(dv + (int64_t(b) * Tn + k0) * ks + int64_t(g) * DH, ks, sdV, kvalid, 1.f);
+  store_acc<DH>(dk + int64_t(b) * Tn * ks + int64_t(g) * DH, ks, dk_acc, k0 + warp * 16, Tn, 1.f);
+  store_acc<DH>(dv + int64_t(b) * Tn * ks + int64_t(g) * DH, ks, dv_acc, k0 + warp * 16, Tn, 1.f);
 }
 
-template <int DH> constexpr size_t dq_smem() {
-  return 4 * Ld<DH>::bf_bytes + 2 * Ld<DH>::s_bytes + Ld<DH>::p_bytes + Ld<DH>::acc_bytes + 2 * kTile * sizeof(float);
-}
-
+// dQ for 64 queries of one head: each warp owns 16 queries; S = Q K^T, dP = dO V^T,
+// dS = P o (dP - D) scale in registers, dQ += dS K.
 template <int DH>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     attention_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                                  const bf16* __restrict__ k, const bf16* __restrict__ v,
                                  const float* __restrict__ lse, const float* __restrict__ D, int Tn, int H, int Hkv,
                                  int window, float scale_log2, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
-  using L = Ld<DH>;
+  constexpr int LD = Ld<DH>::bf;
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sdO = sQ + kTile * L::bf;
-  bf16* sK = sdO + kTile * L::bf;
-  bf16* sV = sK + kTile * L::bf;
-  float* sS = reinterpret_cast<float*>(sV + kTile * L::bf);
-  float* sdP = sS + kTile * L::s;
-  bf16* sdS = reinterpret_cast<bf16*>(sdP + kTile * L::s);
-  float* sdQ = reinterpret_cast<float*>(sdS + kTile * L::p);
-  float* sL = sdQ + kTile * L::acc;
+  bf16* sdO = sQ + kTile * LD;
+  bf16* sK = sdO + kTile * LD;
+  bf16* sV = sK + kTile * LD;
+  float* sL = reinterpret_cast<float*>(sV + kTile * LD);
   float* sD = sL + kTile;
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
   const int h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
-  const int warp = threadIdx.x / kWarp;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
   const int64_t qs = int64_t(H) * DH, ks = int64_t(Hkv) * DH;
   const int qvalid = min(kTile, Tn - q0);
   load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
@@ -426,7 +403,10 @@ __global__ void __launch_bounds__(kThreads)
     sL[threadIdx.x] = threadIdx.x < qvalid ? lse[i] * kLog2e : 0.f;
     sD[threadIdx.x] = threadIdx.x < qvalid ? D[i] : 0.f;
   }
-  zero_acc<DH>(sdQ);
+  float dq_acc[DH / 8][4];
+#pragma unroll
+  for (int n = 0; n < DH / 8; ++n) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.f;
+  const int r0 = warp * 16 + lg, qi0 = q0 + r0, qi1 = qi0 + 8;
   const bf16* kb = k + int64_t(b) * Tn * ks + int64_t(g) * DH;
   const bf16* vb = v + int64_t(b) * Tn * ks + int64_t(g) * DH;
   const int k_lo = window > 0 ? max(0, q0 - window + 1) / kTile * kTile : 0;
@@ -436,16 +416,29 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<DH>(sK, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
     load_tile<DH>(sV, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
     __syncthreads();
-    warp_abt<DH>(sS + warp * 16 * L::s, sQ + warp * 16 * L::bf, sK);
-    warp_abt<DH>(sdP + warp * 16 * L::s, sdO + warp * 16 * L::bf, sV);
-    __syncwarp();
-    warp_p_ds<DH>(nullptr, sdS, sS, sdP, sL, sD, q0, k0, Tn, window, scale_log2, scale);
-    __syncwarp();
-    warp_pv<DH, false>(sdQ + warp * 16 * L::acc, sdS + warp * 16 * L::p, sK);  // dQ += dS K
+    const bool need_mask = tile_needs_mask(q0, k0, Tn, window);
+    const float l0 = sL[r0], l1 = sL[r0 + 8], d0 = sD[r0], d1 = sD[r0 + 8];
+    float p[kTile / 8][4];
+    warp_abt<DH>(p, sQ + warp * 16 * LD, sK);
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int kj = k0 + n * 8 + 2 * lt + (e & 1), qi = e < 2 ? qi0 : qi1;
+        const bool keep = !need_mask || kept(qi, kj, Tn, window);
+        p[n][e] = keep ? exp2f(p[n][e] * scale_log2 - (e < 2 ? l0 : l1)) : 0.f;
+      }
+    float ds[kTile / 8][4];
+    warp_abt<DH>(ds, sdO + warp * 16 * LD, sV);
+#pragma unroll
+    for (int n = 0; n < kTile / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - (e < 2 ? d0 : d1)) * scale;
+    warp_acc_pv<DH>(dq_acc, ds, sK);
   }
-  __syncthreads();
-  store_rows<DH>(dq + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, sdQ, qvalid, 1.f);
+  store_acc<DH>(dq + int64_t(b) * Tn * qs + int64_t(h) * DH, qs, dq_acc, q0 + warp * 16, Tn, 1.f);
 }
+
 
 void check_core_shapes(const char* fn, const AttentionConfig& c, int64_t B, int64_t Tn) {
   c.validate();
@@ -481,13 +474,13 @@ void backward_dh(Context& ctx, const AttentionConfig& c, bf16* dq, bf16* dk, bf1
       shape_str("B, Tn, H, Hkv, dh, window", B, Tn, c.n_heads, c.n_kv_heads, DH, c.window);
   const float scale = float(1.0 / std::sqrt(double(DH))), scale_log2 = scale * kLog2e;
   const unsigned tiles = unsigned(ceil_div(Tn, kTile));
-  set_smem(attention_backward_dkv_kernel<DH>, dkv_smem<DH>());
-  attention_backward_dkv_kernel<DH><<<dim3(tiles, unsigned(c.n_kv_heads), unsigned(B)), kThreads, dkv_smem<DH>(),
+  set_smem(attention_backward_dkv_kernel<DH>, bwd_smem<DH>());
+  attention_backward_dkv_kernel<DH><<<dim3(tiles, unsigned(c.n_kv_heads), unsigned(B)), kThreads, bwd_smem<DH>(),
                                       ctx.stream>>>(dk, dv, dout, q, k, v, lse, D, int(Tn), int(c.n_heads),
                                                     int(c.n_kv_heads), int(c.window), scale_log2, scale);
   CUDA_CHECK_LAUNCH("attention_backward_dkv_kernel", shapes);
-  set_smem(attention_backward_dq_kernel<DH>, dq_smem<DH>());
-  attention_backward_dq_kernel<DH><<<dim3(tiles, unsigned(c.n_heads), unsigned(B)), kThreads, dq_smem<DH>(),
+  set_smem(attention_backward_dq_kernel<DH>, bwd_smem<DH>());
+  attention_backward_dq_kernel<DH><<<dim3(tiles, unsigned(c.n_heads), unsigned(B)), kThreads, bwd_smem<DH>(),
                                      ctx.stream>>>(dq, dout, q, k, v, lse, D, int(Tn), int(c.n_heads),
                                                    int(c.n_kv_heads), int(c.window), scale_log2, scale);
   CUDA_CHECK_LAUNCH("attention_backward_dq_kernel", shapes);
