@@ -60,6 +60,22 @@ template <int DH> __device__ void load_tile(bf16* s, const bf16* __restrict__ g,
   }
 }
 
+// The same tile by cp.async (16 bytes per copy, no registers on the way): the copies run
+// while the warps compute on the other buffer. Rows past the sequence are zero-filled (a
+// source size of 0; the address stays in bounds). Complete with cp_async_wait<n>().
+template <int DH> __device__ void load_tile_async(bf16* s, const bf16* __restrict__ g, int64_t stride, int valid) {
+  constexpr int kChunks = DH / 8;
+  for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const unsigned dst = unsigned(__cvta_generic_to_shared(s + r * Ld<DH>::bf + c));
+    const bf16* src = g + (r < valid ? r * stride : 0) + c;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(r < valid ? 16 : 0));
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Wait until at most n committed groups of this thread are still in flight.
+template <int n> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n)); }
+
 // ---- forward: register-level tiles (mma.sync m16n8k16) ------------------------------------
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4; a register holds 2 bf16):
 //   A 16x16: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
@@ -82,13 +98,21 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
+// Four 8x8 bf16 matrices, not transposed: lane l gets row l / 4, columns 2 (l % 4) .. + 1 of
+// each (the A and B fragment layouts above for row-major A and for B = rows of K).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 __device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-template <int DH> constexpr size_t fwd_smem() { return 3 * Ld<DH>::bf_bytes; }
+template <int DH> constexpr size_t fwd_smem() { return 5 * Ld<DH>::bf_bytes; }  // Q, 2 x (K, V)
 
 template <int DH>
 __global__ void __launch_bounds__(kThreads)
@@ -98,8 +122,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int LD = Ld<DH>::bf;
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kTile * LD;
-  bf16* sV = sK + kTile * LD;
+  bf16* sKV = sQ + kTile * LD;  // buffer i: K at sKV + 2 i tile, V after it
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;  // longest rows (most key tiles) first
   const int h = blockIdx.y, b = blockIdx.z, g = h / (H / Hkv);
@@ -107,7 +130,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t qs = int64_t(H) * DH, ks = int64_t(Hkv) * DH;
   const bf16* kb = k + int64_t(b) * Tn * ks + int64_t(g) * DH;
   const bf16* vb = v + int64_t(b) * Tn * ks + int64_t(g) * DH;
-  load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, min(kTile, Tn - q0));
+  const int k_lo = window > 0 ? max(0, q0 - window + 1) / kTile * kTile : 0;
+  const int k_hi = min(Tn, q0 + kTile);
+  auto load_kv = [&](int k0, int buf) {
+    load_tile_async<DH>(sKV + 2 * buf * kTile * LD, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    load_tile_async<DH>(sKV + (2 * buf + 1) * kTile * LD, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    cp_async_commit();
+  };
+  load_tile_async<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, min(kTile, Tn - q0));
+  load_kv(k_lo, 0);  // one group: Q and the first K, V
+  cp_async_wait<0>();
   __syncthreads();
   // This warp's 16 query rows as A fragments, for all DH / 16 steps of the reduction.
   uint32_t qa[DH / 16][4];
@@ -127,22 +159,34 @@ __global__ void __launch_bounds__(kThreads)
   const int qi0 = q0 + warp * 16 + lg, qi1 = qi0 + 8;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
-  const int k_lo = window > 0 ? max(0, q0 - window + 1) / kTile * kTile : 0;
-  const int k_hi = min(Tn, q0 + kTile);
-  for (int k0 = k_lo; k0 < k_hi; k0 += kTile) {
-    __syncthreads();  // previous tile's K, V no longer read
-    load_tile<DH>(sK, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
-    load_tile<DH>(sV, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+  for (int k0 = k_lo, buf = 0; k0 < k_hi; k0 += kTile, buf ^= 1) {
+    // Prefetch the next tile into the other buffer (its last readers finished before the
+    // barrier that ended the previous iteration), then wait for this one.
+    if (k0 + kTile < k_hi) {
+      load_kv(k0 + kTile, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    const bf16* sK = sKV + 2 * buf * kTile * LD;
+    const bf16* sV = sK + kTile * LD;
     // S [16, 64] = Q K^T: 8 n-tiles of 8 keys; b0/b1 are consecutive pairs of one K row.
     float sacc[kTile / 8][4];
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n) {
-      sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
-      const bf16* krow = sK + (n * 8 + lg) * LD + 2 * lt;
+    for (int n = 0; n < kTile / 8; ++n) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
+    // K's B fragments for two n-tiles per ldmatrix: matrices (keys +0, d +0), (keys +0,
+    // d +8), (keys +8, d +0), (keys +8, d +8).
+    const bf16* kmat = sK + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
 #pragma unroll
-      for (int kk = 0; kk < DH / 16; ++kk) mma_bf16(sacc[n], qa[kk], lds32(krow + kk * 16), lds32(krow + kk * 16 + 8));
-    }
+    for (int n = 0; n < kTile / 8; n += 2)
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; ++kk) {
+        uint32_t kb4[4];
+        ldmatrix_x4(kb4, kmat + n * 8 * LD + kk * 16);
+        mma_bf16(sacc[n], qa[kk], kb4[0], kb4[1]);
+        mma_bf16(sacc[n + 1], qa[kk], kb4[2], kb4[3]);
+      }
     // Mask only where the tile crosses the diagonal or the window's start (or the sequence end).
     const bool need_mask = k0 + kTile > q0 + 1 || k0 + kTile > Tn || (window > 0 && k0 <= q0 + kTile - 1 - window + 1);
     float mx[2] = {-INFINITY, -INFINITY};
@@ -203,6 +247,7 @@ __global__ void __launch_bounds__(kThreads)
         mma_bf16(oacc[n + 1], pa, vb4[2], vb4[3]);
       }
     }
+    __syncthreads();  // this buffer is the next prefetch's target
   }
   // Normalise and store: rows qi0 (c0, c1) and qi1 (c2, c3), columns n*8 + 2 lt.
   const float inv0 = 1.f / l_run[0], inv1 = 1.f / l_run[1];
@@ -238,20 +283,26 @@ __global__ void attention_rowdot_kernel(float* __restrict__ D, const bf16* __res
 
 // ---- backward: register-level tiles, deterministic ------------------------------------------
 // dst[16, 64] = A[16 rows, DH] B[64 rows, DH]^T for this warp, both row-major in shared
-// memory; fragments by 32-bit loads (conflict-free with the padded row length).
+// memory; fragments by ldmatrix (conflict-free with the padded row length).
 template <int DH> __device__ __forceinline__ void warp_abt(float (&dst)[kTile / 8][4], const bf16* a, const bf16* b) {
   constexpr int LD = Ld<DH>::bf;
-  const int lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
+  const int lane = threadIdx.x % kWarp;
 #pragma unroll
   for (int n = 0; n < kTile / 8; ++n) dst[n][0] = dst[n][1] = dst[n][2] = dst[n][3] = 0.f;
+  // ldmatrix: A as matrices (rows +0, k +0), (rows +8, k +0), (rows +0, k +8), (rows +8,
+  // k +8); B (rows of b) for two n-tiles as (rows +0, k +0), (+0, +8), (+8, +0), (+8, +8).
+  const bf16* amat = a + (((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+  const bf16* bmat = b + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
 #pragma unroll
   for (int kk = 0; kk < DH / 16; ++kk) {
-    const uint32_t af[4] = {lds32(a + lg * LD + kk * 16 + 2 * lt), lds32(a + (lg + 8) * LD + kk * 16 + 2 * lt),
-                            lds32(a + lg * LD + kk * 16 + 8 + 2 * lt), lds32(a + (lg + 8) * LD + kk * 16 + 8 + 2 * lt)};
+    uint32_t af[4];
+    ldmatrix_x4(af, amat + kk * 16);
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n) {
-      const bf16* brow = b + (n * 8 + lg) * LD + kk * 16 + 2 * lt;
-      mma_bf16(dst[n], af, lds32(brow), lds32(brow + 8));
+    for (int n = 0; n < kTile / 8; n += 2) {
+      uint32_t bb[4];
+      ldmatrix_x4(bb, bmat + n * 8 * LD + kk * 16);
+      mma_bf16(dst[n], af, bb[0], bb[1]);
+      mma_bf16(dst[n + 1], af, bb[2], bb[3]);
     }
   }
 }
@@ -299,7 +350,7 @@ __device__ __forceinline__ void store_acc(bf16* __restrict__ base, int64_t strid
   }
 }
 
-template <int DH> constexpr size_t bwd_smem() { return 4 * Ld<DH>::bf_bytes + 2 * kTile * sizeof(float); }
+template <int DH> constexpr size_t bwd_smem() { return 6 * Ld<DH>::bf_bytes + 4 * kTile * sizeof(float); }  // 2 fixed + 2 x 2 streamed tiles
 
 // dK, dV for 64 keys of one kv head: each warp owns 16 keys and works on transposed tiles
 // S^T = K Q^T and dP^T = V dO^T, so that P^T and dS^T are A fragments in its registers:
@@ -314,10 +365,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int LD = Ld<DH>::bf;
   bf16* sK = reinterpret_cast<bf16*>(smem);
   bf16* sV = sK + kTile * LD;
-  bf16* sQ = sV + kTile * LD;
-  bf16* sdO = sQ + kTile * LD;
-  float* sL = reinterpret_cast<float*>(sdO + kTile * LD);
-  float* sD = sL + kTile;
+  bf16* sQdO = sV + kTile * LD;  // buffer i: Q at sQdO + 2 i tile, dO after it
+  float* sLD = reinterpret_cast<float*>(sQdO + 4 * kTile * LD);  // buffer i: lse, D at 2 i tile
 
   const int k0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z, group = H / Hkv;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, lg = lane / 4, lt = lane % 4;
@@ -333,19 +382,36 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kj0 = k0 + warp * 16 + lg, kj1 = kj0 + 8;  // this lane's key rows
   // Queries that keep any of keys k0 .. k0+63: k0 <= t < k0 + 63 + window.
   const int q_hi = window > 0 ? min(Tn, k0 + kTile - 1 + window) : Tn;
-  for (int hh = 0; hh < group; ++hh) {
-    const int h = g * group + hh;
-    for (int q0 = k0; q0 < q_hi; q0 += kTile) {
-      __syncthreads();  // previous pair's Q, dO no longer read
-      const int qvalid = min(kTile, Tn - q0);
-      load_tile<DH>(sQ, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
-      load_tile<DH>(sdO, dout + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
-      if (threadIdx.x < kTile) {
-        const int64_t i = (int64_t(b) * H + h) * Tn + q0 + threadIdx.x;
-        sL[threadIdx.x] = threadIdx.x < qvalid ? lse[i] * kLog2e : 0.f;
-        sD[threadIdx.x] = threadIdx.x < qvalid ? D[i] : 0.f;
+  // Steps (query head of the group, query tile) in a fixed order, the next one's Q, dO,
+  // lse, D prefetched into the other buffer while this one is computed.
+  const int n_qt = (q_hi - k0 + kTile - 1) / kTile, steps = group * n_qt;
+  auto load_step = [&](int step, int buf) {
+    const int h = g * group + step / n_qt, q0 = k0 + (step % n_qt) * kTile, qvalid = min(kTile, Tn - q0);
+    load_tile_async<DH>(sQdO + 2 * buf * kTile * LD, q + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs, qvalid);
+    load_tile_async<DH>(sQdO + (2 * buf + 1) * kTile * LD, dout + (int64_t(b) * Tn + q0) * qs + int64_t(h) * DH, qs,
+                        qvalid);
+    cp_async_commit();
+    if (threadIdx.x < kTile) {
+      const int64_t i = (int64_t(b) * H + h) * Tn + q0 + threadIdx.x;
+      sLD[2 * buf * kTile + threadIdx.x] = threadIdx.x < qvalid ? lse[i] * kLog2e : 0.f;
+      sLD[(2 * buf + 1) * kTile + threadIdx.x] = threadIdx.x < qvalid ? D[i] : 0.f;
+    }
+  };
+  load_step(0, 0);
+  for (int step = 0, buf = 0; step < steps; ++step, buf ^= 1) {
+    {
+      if (step + 1 < steps) {
+        load_step(step + 1, buf ^ 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
       }
       __syncthreads();
+      const int q0 = k0 + (step % n_qt) * kTile;
+      const bf16* sQ = sQdO + 2 * buf * kTile * LD;
+      const bf16* sdO = sQ + kTile * LD;
+      const float* sL = sLD + 2 * buf * kTile;
+      const float* sD = sL + kTile;
       const bool need_mask = tile_needs_mask(q0, k0, Tn, window);
       float pt[kTile / 8][4];  // S^T, then P^T
       warp_abt<DH>(pt, sK + warp * 16 * LD, sQ);
@@ -368,6 +434,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           dst[n][e] = pt[n][e] * (dst[n][e] - sD[col]) * scale;
         }
       warp_acc_pv<DH>(dk_acc, dst, sQ);
+      __syncthreads();  // this buffer is the next prefetch's target
     }
   }
   store_acc<DH>(dk + int64_t(b) * Tn * ks + int64_t(g) * DH, ks, dk_acc, k0 + warp * 16, Tn, 1.f);
@@ -386,9 +453,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int LD = Ld<DH>::bf;
   bf16* sQ = reinterpret_cast<bf16*>(smem);
   bf16* sdO = sQ + kTile * LD;
-  bf16* sK = sdO + kTile * LD;
-  bf16* sV = sK + kTile * LD;
-  float* sL = reinterpret_cast<float*>(sV + kTile * LD);
+  bf16* sKV = sdO + kTile * LD;  // buffer i: K at sKV + 2 i tile, V after it
+  float* sL = reinterpret_cast<float*>(sKV + 4 * kTile * LD);
   float* sD = sL + kTile;
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile;
@@ -411,11 +477,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bf16* vb = v + int64_t(b) * Tn * ks + int64_t(g) * DH;
   const int k_lo = window > 0 ? max(0, q0 - window + 1) / kTile * kTile : 0;
   const int k_hi = min(Tn, q0 + kTile);
-  for (int k0 = k_lo; k0 < k_hi; k0 += kTile) {
+  auto load_kv = [&](int k0, int buf) {
+    load_tile_async<DH>(sKV + 2 * buf * kTile * LD, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    load_tile_async<DH>(sKV + (2 * buf + 1) * kTile * LD, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
+    cp_async_commit();
+  };
+  load_kv(k_lo, 0);
+  for (int k0 = k_lo, buf = 0; k0 < k_hi; k0 += kTile, buf ^= 1) {
+    if (k0 + kTile < k_hi) {  // prefetch the next K, V (as the forward)
+      load_kv(k0 + kTile, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    load_tile<DH>(sK, kb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
-    load_tile<DH>(sV, vb + int64_t(k0) * ks, ks, min(kTile, Tn - k0));
-    __syncthreads();
+    const bf16* sK = sKV + 2 * buf * kTile * LD;
+    const bf16* sV = sK + kTile * LD;
     const bool need_mask = tile_needs_mask(q0, k0, Tn, window);
     const float l0 = sL[r0], l1 = sL[r0 + 8], d0 = sD[r0], d1 = sD[r0 + 8];
     float p[kTile / 8][4];
@@ -435,6 +512,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - (e < 2 ? d0 : d1)) * scale;
     warp_acc_pv<DH>(dq_acc, ds, sK);
+    __syncthreads();  // this buffer is the next prefetch's target
   }
   store_acc<DH>(dq + int64_t(b) * Tn * qs + int64_t(h) * DH, qs, dq_acc, q0 + warp * 16, Tn, 1.f);
 }
