@@ -1,5 +1,6 @@
 #include "experiments/expressivity.h"
 
+#include <sched.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "core/hdf5_io.h"
 #include "core/results.h"
 #include "scaling/accounting.h"
+#include "synthetic_tasks/registry.h"
 
 extern char** environ;
 
@@ -67,6 +69,7 @@ struct Cell {
 // defaults.
 struct GridTask {
   std::string kind, args, label;
+  double chance = 0;  // the task's chance accuracy
 };
 
 std::vector<GridTask> grid_tasks(const GridConfig& g) {
@@ -92,6 +95,7 @@ std::vector<GridTask> grid_tasks(const GridConfig& g) {
       std::replace(part.begin(), part.end(), ',', '.');
       t.label += "-" + part;
     }
+    t.chance = make_task(t.kind, t.args, 0)->chance_accuracy();  // also checks kind and args up front
     for (const GridTask& o : out)
       if (o.label == t.label)
         throw std::invalid_argument("grid.tasks: task '" + t.label + "' appears twice with the same arguments");
@@ -168,8 +172,12 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
                 cells.size(), g.architectures.size(), g.tasks.size(), (long long)g.seeds, cells.size() - todo.size(),
                 (long long)g.jobs);
 
-  // Launch the missing cells, grid.jobs at a time; OpenMP threads shared between them.
-  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  // Launch the missing cells, grid.jobs at a time; the cores this process may use (its
+  // affinity mask: `taskset` and cgroup cpusets count) are shared between them.
+  cpu_set_t allowed;
+  const unsigned hw = sched_getaffinity(0, sizeof allowed, &allowed) == 0
+                          ? unsigned(std::max(1, CPU_COUNT(&allowed)))
+                          : std::max(1u, std::thread::hardware_concurrency());
   const int threads_per_job = std::max<int>(1, int(hw) / int(std::min<int64_t>(g.jobs, int64_t(todo.size()) + 1)));
   std::map<pid_t, size_t> running;
   size_t next = 0, finished = 0;
@@ -178,7 +186,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   while (next < todo.size() || !running.empty()) {
     while (next < todo.size() && int64_t(running.size()) < g.jobs) {
       const Cell& c = cells[todo[next++]];
-      std::vector<std::string> args = {opt.hysim_exe, "train", "--quiet"};
+      std::vector<std::string> args = {opt.hysim_exe, "train"};  // progress lines go to the cell log
       if (!opt.config_path.empty()) args.insert(args.end(), {"-c", opt.config_path});
       // The user's overrides, less the keys that the cell sets itself.
       static const char* cell_keys[] = {"--data.source=", "--data.task_args=", "--train.seed=", "--eval.lengths=",
@@ -256,6 +264,9 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
     f.write_strings("tasks", labels);
     f.write_strings("task_kinds", kinds);
     f.write_strings("task_args", args);
+    std::vector<double> chance;
+    for (const GridTask& t : tasks) chance.push_back(t.chance);
+    f.write("chance", chance);
     f.write("lengths", lengths);
     f.write("parameters", params);
     f.write("accuracy", acc.data(), Shape{int64_t(A), int64_t(K), int64_t(S), int64_t(NL)});
@@ -266,7 +277,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
   std::printf("\naccuracy (mean +- std over %lld seeds) at lengths", (long long)S);
   for (int64_t L : lengths) std::printf(" %lld", (long long)L);
   std::printf(" (train length %lld)\n\n| architecture | params |", (long long)T);
-  for (const GridTask& t : tasks) std::printf(" %s |", t.label.c_str());
+  for (const GridTask& t : tasks) std::printf(" %s (chance %.2f) |", t.label.c_str(), t.chance);
   std::printf("\n|---|---|");
   for (size_t k = 0; k < K; ++k) std::printf("---|");
   std::printf("\n");

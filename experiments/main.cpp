@@ -43,6 +43,8 @@ Args parse_args(int argc, char** argv, int first, const OptSpec& spec) {
     if (s == "-h" || s == "--help") { a.help = true; continue; }
     if (s == "-c" || s == "--config") {
       if (i + 1 >= argc) throw std::runtime_error(s + " needs a path");
+      if (!a.config.empty())
+        throw std::runtime_error("-c given twice (" + a.config + ", " + argv[i + 1] + "): one config file per run");
       a.config = argv[++i];
       continue;
     }

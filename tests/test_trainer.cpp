@@ -199,6 +199,11 @@ TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run rec
   // the same task with other arguments is another column, named by them
   CHECK(f.read_strings("tasks") == std::vector<std::string>{"parity", "modadd-m3", "modadd"});
   CHECK(f.read_strings("task_args") == std::vector<std::string>{"", "m=3", ""});
+  const std::vector<double> chance = f.read<double>("chance");
+  REQUIRE(chance.size() == 3);
+  CHECK(chance[0] == 0.5);
+  CHECK(chance[1] == doctest::Approx(1.0 / 3));
+  CHECK(chance[2] == doctest::Approx(0.2));
   CHECK(fs::exists(out / "g-cells" / "gdn__modadd-m3__s0.h5"));
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::ifstream log(out / "log");
