@@ -30,10 +30,14 @@ struct GdnDims {
 };
 
 // Shared memory (floats): S [dv, dk], K [C, dk], QW [C, dk] (W, then Q), UD [C, dv] (U,
-// then Delta), AP [C, C] (A, then the decayed Q K^T), gam [C], beta [C].
+// then Delta), AP [C, C] (A, then the decayed Q K^T), gam, beta, dend [C]. Rows of S, K,
+// QW are padded to dk + 1 floats: loops whose lanes walk down a column (S[e, :] for
+// consecutive e, K[j, :] for consecutive j) would otherwise hit one bank when dk is a
+// multiple of 32 (Olmo Hybrid's dk = 96).
 size_t gdn_fwd_smem(const GdnDims& d) {
-  return sizeof(float) * (size_t(d.dv) * d.dk + 2 * size_t(d.C) * d.dk + size_t(d.C) * d.dv + size_t(d.C) * d.C +
-                          2 * size_t(d.C));
+  const size_t lk = size_t(d.dk) + 1;
+  return sizeof(float) * (size_t(d.dv) * lk + 2 * size_t(d.C) * lk + size_t(d.C) * d.dv + size_t(d.C) * d.C +
+                          3 * size_t(d.C));
 }
 
 template <class T>
@@ -42,29 +46,30 @@ __global__ void __launch_bounds__(kThreads)
                              const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ beta,
                              const T* __restrict__ g, GdnDims d, float scale) {
   extern __shared__ float sm[];
-  const int dk = d.dk, dv = d.dv, C = d.C;
+  const int dk = d.dk, dv = d.dv, C = d.C, LK = dk + 1;
   float* S = sm;
-  float* K = S + dv * dk;
-  float* QW = K + C * dk;
-  float* UD = QW + C * dk;
+  float* K = S + dv * LK;
+  float* QW = K + C * LK;
+  float* UD = QW + C * LK;
   float* AP = UD + C * dv;
   float* gam = AP + C * C;
   float* bet = gam + C;
+  float* dend = bet + C;
 
   const int hv = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * dv;
   const int64_t qk_off = int64_t(hv / (d.Hv / d.H)) * dk, v_off = int64_t(hv) * dv;
-  for (int i = tid; i < dv * dk; i += kThreads) S[i] = 0.f;
+  for (int i = tid; i < dv * LK; i += kThreads) S[i] = 0.f;
 
   for (int kc = 0; kc < d.NC; ++kc) {
     const int t0 = kc * C, L = min(C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
     __syncthreads();  // previous chunk's state update done
     T* cs = chunk_states + ((int64_t(b) * d.Hv + hv) * d.NC + kc) * dv * dk;
-    for (int i = tid; i < dv * dk; i += kThreads) cs[i] = from_f32<T>(S[i]);
+    for (int i = tid; i < dv * dk; i += kThreads) cs[i] = from_f32<T>(S[(i / dk) * LK + i % dk]);
     for (int i = tid; i < L * dk; i += kThreads) {
       const int r = i / dk, c = i % dk;
-      K[i] = to_f32(k[(bt0 + r) * QK + qk_off + c]);
+      K[r * LK + c] = to_f32(k[(bt0 + r) * QK + qk_off + c]);
     }
     for (int i = tid; i < L * dv; i += kThreads) {
       const int r = i / dv, c = i % dv;
@@ -77,6 +82,7 @@ __global__ void __launch_bounds__(kThreads)
         gam[i] = run;
         bet[i] = to_f32(beta[(bt0 + i) * d.Hv + hv]);
       }
+      for (int i = 0; i < L; ++i) dend[i] = expf(gam[L - 1] - gam[i]);
     }
     __syncthreads();
     // A (strictly lower), U = diag(beta) V, W = diag(beta Gam) K.
@@ -84,20 +90,23 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / L, c = i % L;
       float a = 0.f;
       if (c < r) {
-        for (int e = 0; e < dk; ++e) a += K[r * dk + e] * K[c * dk + e];
+        for (int e = 0; e < dk; ++e) a += K[r * LK + e] * K[c * LK + e];
         a *= bet[r] * expf(gam[r] - gam[c]);
       }
       AP[r * C + c] = a;
     }
     for (int i = tid; i < L * dv; i += kThreads) UD[i] *= bet[i / dv];
-    for (int i = tid; i < L * dk; i += kThreads) QW[i] = K[i] * bet[i / dk] * expf(gam[i / dk]);
+    for (int i = tid; i < L * dk; i += kThreads) {
+      const int r = i / dk, c = i % dk;
+      QW[r * LK + c] = K[r * LK + c] * bet[r] * expf(gam[r]);
+    }
     __syncthreads();
     // Forward substitution with the unit lower M: X_r = RHS_r - sum_{c < r} A_rc X_c, columns
     // of U and W in parallel.
     for (int r = 1; r < L; ++r) {
       for (int col = tid; col < dv + dk; col += kThreads) {
         float* X = col < dv ? UD + col : QW + (col - dv);
-        const int ld = col < dv ? dv : dk;
+        const int ld = col < dv ? dv : LK;
         float acc = 0.f;
         for (int c = 0; c < r; ++c) acc += AP[r * C + c] * X[c * ld];
         X[r * ld] -= acc;
@@ -108,21 +117,21 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = tid; i < L * dv; i += kThreads) {
       const int r = i / dv, e = i % dv;
       float acc = 0.f;
-      for (int c = 0; c < dk; ++c) acc += QW[r * dk + c] * S[e * dk + c];
+      for (int c = 0; c < dk; ++c) acc += QW[r * LK + c] * S[e * LK + c];
       UD[i] -= acc;
     }
     __syncthreads();
     // Q into W's place; P = Q K^T o decay (lower incl. diagonal) into A's place.
     for (int i = tid; i < L * dk; i += kThreads) {
       const int r = i / dk, c = i % dk;
-      QW[i] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
+      QW[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
     }
     __syncthreads();
     for (int i = tid; i < L * L; i += kThreads) {
       const int r = i / L, c = i % L;
       float p = 0.f;
       if (c <= r) {
-        for (int e = 0; e < dk; ++e) p += QW[r * dk + e] * K[c * dk + e];
+        for (int e = 0; e < dk; ++e) p += QW[r * LK + e] * K[c * LK + e];
         p *= expf(gam[r] - gam[c]);
       }
       AP[r * C + c] = p;
@@ -132,18 +141,18 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = tid; i < L * dv; i += kThreads) {
       const int r = i / dv, e = i % dv;
       float qs = 0.f, pd = 0.f;
-      for (int c = 0; c < dk; ++c) qs += QW[r * dk + c] * S[e * dk + c];
+      for (int c = 0; c < dk; ++c) qs += QW[r * LK + c] * S[e * LK + c];
       for (int c = 0; c <= r; ++c) pd += AP[r * C + c] * UD[c * dv + e];
       o[(bt0 + r) * DV + v_off + e] = from_f32<T>(scale * (expf(gam[r]) * qs + pd));
     }
     __syncthreads();  // S is read above; now update it
     // S' = Gam_{L-1} S + sum_r Delta_r^T decay(L-1, r) K_r.
-    const float g_end = gam[L - 1], Gam_end = expf(g_end);
+    const float Gam_end = expf(gam[L - 1]);
     for (int i = tid; i < dv * dk; i += kThreads) {
       const int e = i / dk, c = i % dk;
       float acc = 0.f;
-      for (int r = 0; r < L; ++r) acc += UD[r * dv + e] * expf(g_end - gam[r]) * K[r * dk + c];
-      S[i] = Gam_end * S[i] + acc;
+      for (int r = 0; r < L; ++r) acc += UD[r * dv + e] * dend[r] * K[r * LK + c];
+      S[e * LK + c] = Gam_end * S[e * LK + c] + acc;
     }
   }
 }

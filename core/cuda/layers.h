@@ -91,8 +91,8 @@ void attention_core_backward(Context& ctx, const AttentionConfig& c, bf16* dq, b
 // hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
 // v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
 // entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 arithmetic.
-// Needs (dv dk + 2 C dk + C dv + C^2 + 2 C) floats of shared memory per block (C =
-// chunk_size; Olmo Hybrid's dk 96, dv 192, C 64: 189 KB); throws if the device has less.
+// Needs ((dv + 2 C)(dk + 1) + C dv + C^2 + 3 C) floats of shared memory per block (C =
+// chunk_size; Olmo Hybrid's dk 96, dv 192, C 64: 190 KB); throws if the device has less.
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);

@@ -1,0 +1,95 @@
+// Gated DeltaNet chunked core forward on the GPU (layers/gated_deltanet.cu) at Olmo Hybrid's
+// head shape (30 heads, dk 96, dv 192, chunk 64), timed with CUDA events (median after
+// warm-up, random inputs: L2-normalised q, k; beta in (0, 2); log decays in (-2, 0)).
+// Prints a table and `RESULT <name> <ms>` lines that bench/gpu/gdn_peer.py reads for the
+// ratio against a chunked GDN forward written in PyTorch, run on the same GPU.
+//   bench_gpu_gdn
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/cuda/layers.h"
+#include "core/rng.h"
+
+using namespace hysim::cuda;
+
+static double median_ms(Context& ctx, const std::function<void()>& f, int warmup = 2, int reps = 10) {
+  for (int i = 0; i < warmup; ++i) f();
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    CUDA_CHECK(cudaEventRecord(a, ctx.stream));
+    f();
+    CUDA_CHECK(cudaEventRecord(b, ctx.stream));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+template <class T> T* upload(Context& ctx, DeviceArena& arena, const std::vector<float>& h) {
+  T* p = arena.alloc<T>(int64_t(h.size()), "bench data");
+  if constexpr (std::is_same_v<T, float>) {
+    to_device(ctx, p, h.data(), int64_t(h.size()));
+  } else {
+    const auto b = to_bf16_host(h);
+    to_device(ctx, p, b.data(), int64_t(b.size()));
+  }
+  ctx.sync();
+  return p;
+}
+
+template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t Tn) {
+  hysim::GdnConfig c;
+  c.n_heads = 30, c.n_v_heads = 30, c.d_head_k = 96, c.d_head_v = 192, c.chunk_size = 64;
+  const int64_t nqk = B * Tn * c.d_qk(), nv = B * Tn * c.d_v(), ng = B * Tn * c.n_v_heads;
+  hysim::CounterRng r(7, 1);
+  std::vector<float> q(nqk), k(nqk), v(nv), beta(ng), g(ng);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nqk; ++i) q[i] = float(r.normal(i)), k[i] = float(r.normal(nqk + i));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nv; ++i) v[i] = float(r.normal(2 * nqk + i));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < ng; ++i) {
+    beta[i] = float(2.0 / (1.0 + std::exp(-r.normal(2 * nqk + nv + i))));
+    g[i] = float(-0.5 * std::log1p(std::exp(r.normal(2 * nqk + nv + ng + i))));
+  }
+  for (auto* x : {&q, &k})
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < nqk / c.d_head_k; ++row) {
+      double s = 0;
+      for (int64_t i = 0; i < c.d_head_k; ++i) s += double((*x)[row * c.d_head_k + i]) * (*x)[row * c.d_head_k + i];
+      for (int64_t i = 0; i < c.d_head_k; ++i) (*x)[row * c.d_head_k + i] = float((*x)[row * c.d_head_k + i] / std::sqrt(s));
+    }
+  DeviceArena arena(size_t(4) << 30, "bench");
+  const T *q_d = upload<T>(ctx, arena, q), *k_d = upload<T>(ctx, arena, k), *v_d = upload<T>(ctx, arena, v),
+          *b_d = upload<T>(ctx, arena, beta), *g_d = upload<T>(ctx, arena, g);
+  T* o = arena.alloc<T>(nv);
+  T* cs = arena.alloc<T>(B * c.n_v_heads * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
+  const double ms = median_ms(ctx, [&] { gdn_chunk_forward(ctx, c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn); });
+  std::printf("%-34s %9.3f\n", name, ms);
+  std::printf("RESULT %s %.4f\n", name, ms);
+}
+
+int main() {
+  if (device_count() == 0) {
+    std::printf("SKIP: no CUDA device\n");
+    return 0;
+  }
+  std::printf("device: %s\n", device_summary().c_str());
+  Context ctx(size_t(64) << 20);
+  std::printf("%-34s %9s\n", "shape (H 30, dk 96, dv 192, C 64)", "fwd ms");
+  run<bf16>(ctx, "gdn_fwd_B4_T4096_bf16", 4, 4096);
+  run<float>(ctx, "gdn_fwd_B4_T4096_fp32", 4, 4096);
+  return 0;
+}
