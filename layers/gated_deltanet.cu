@@ -9,8 +9,9 @@
 // and the state entering each chunk saved to chunk_states (what the backward reads).
 //
 // This first version is one block per (batch, value head) with the state and the chunk's
-// operands in shared memory in fp32 (storage T is fp32 or bf16): plain fp32 FMAs, no
-// tensor cores, the intra-chunk solve a 64-step forward substitution. Correctness first;
+// operands in shared memory in fp32 (storage T is fp32 or bf16): fp32 FMAs on 4 x 4
+// register tiles (block_gemm), no tensor cores, the intra-chunk solve a 64-step forward
+// substitution. Correctness first;
 // the tensor-core version (and the backward) are the next steps of issue 6.
 #include <cmath>
 #include <stdexcept>
@@ -28,6 +29,38 @@ constexpr int kThreads = 256;
 struct GdnDims {
   int Tn, H, Hv, dk, dv, C, NC;
 };
+
+// out(m, n, sum_k fa(m, k) fb(n, k)) for m < M, n < N, by the whole block: each thread
+// owns 4 x 4 outputs (rows mi + i TM, columns ni + j TN: consecutive threads take
+// consecutive columns), so that each operand value loaded from shared memory feeds four
+// FMAs instead of one.
+template <class FA, class FB, class FO> __device__ void block_gemm(int M, int N, int K, FA fa, FB fb, FO out) {
+  const int TM = (M + 3) / 4, TN = (N + 3) / 4;
+  for (int t = threadIdx.x; t < TM * TN; t += kThreads) {
+    const int mi = t / TN, ni = t % TN;
+    float acc[4][4] = {};
+    for (int kk = 0; kk < K; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = mi + i * TM, n = ni + i * TN;
+        av[i] = m < M ? fa(m, kk) : 0.f;
+        bv[i] = n < N ? fb(n, kk) : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int m = mi + i * TM, n = ni + j * TN;
+        if (m < M && n < N) out(m, n, acc[i][j]);
+      }
+  }
+}
 
 // Shared memory (floats): S [dv, dk], K [C, dk], QW [C, dk] (W, then Q), UD [C, dv] (U,
 // then Delta), AP [C, C] (A, then the decayed Q K^T), gam, beta, dend [C]. Rows of S, K,
@@ -86,15 +119,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // A (strictly lower), U = diag(beta) V, W = diag(beta Gam) K.
-    for (int i = tid; i < L * L; i += kThreads) {
-      const int r = i / L, c = i % L;
-      float a = 0.f;
-      if (c < r) {
-        for (int e = 0; e < dk; ++e) a += K[r * LK + e] * K[c * LK + e];
-        a *= bet[r] * expf(gam[r] - gam[c]);
-      }
-      AP[r * C + c] = a;
-    }
+    block_gemm(
+        L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
+        [&](int r, int c, float kk) { AP[r * C + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
     for (int i = tid; i < L * dv; i += kThreads) UD[i] *= bet[i / dv];
     for (int i = tid; i < L * dk; i += kThreads) {
       const int r = i / dk, c = i % dk;
@@ -114,12 +141,9 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
     }
     // Delta = U - W S^T.
-    for (int i = tid; i < L * dv; i += kThreads) {
-      const int r = i / dv, e = i % dv;
-      float acc = 0.f;
-      for (int c = 0; c < dk; ++c) acc += QW[r * LK + c] * S[e * LK + c];
-      UD[i] -= acc;
-    }
+    block_gemm(
+        L, dv, dk, [&](int r, int c) { return QW[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
+        [&](int r, int e, float ws) { UD[r * dv + e] -= ws; });
     __syncthreads();
     // Q into W's place; P = Q K^T o decay (lower incl. diagonal) into A's place.
     for (int i = tid; i < L * dk; i += kThreads) {
@@ -127,33 +151,25 @@ __global__ void __launch_bounds__(kThreads)
       QW[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
     }
     __syncthreads();
-    for (int i = tid; i < L * L; i += kThreads) {
-      const int r = i / L, c = i % L;
-      float p = 0.f;
-      if (c <= r) {
-        for (int e = 0; e < dk; ++e) p += QW[r * LK + e] * K[c * LK + e];
-        p *= expf(gam[r] - gam[c]);
-      }
-      AP[r * C + c] = p;
-    }
+    block_gemm(
+        L, L, dk, [&](int r, int e) { return QW[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
+        [&](int r, int c, float qk) { AP[r * C + c] = c <= r ? qk * expf(gam[r] - gam[c]) : 0.f; });
+    __syncthreads();  // the product above still reads Q
+    // Gam_r Q_r into Q's place, so that O is one product over [Q | P] and [S^T; Delta].
+    for (int i = tid; i < L * dk; i += kThreads) QW[(i / dk) * LK + i % dk] *= expf(gam[i / dk]);
     __syncthreads();
-    // O = scale (Gam_r Q_r . S_e + sum_{c <= r} P_rc Delta_ce).
-    for (int i = tid; i < L * dv; i += kThreads) {
-      const int r = i / dv, e = i % dv;
-      float qs = 0.f, pd = 0.f;
-      for (int c = 0; c < dk; ++c) qs += QW[r * LK + c] * S[e * LK + c];
-      for (int c = 0; c <= r; ++c) pd += AP[r * C + c] * UD[c * dv + e];
-      o[(bt0 + r) * DV + v_off + e] = from_f32<T>(scale * (expf(gam[r]) * qs + pd));
-    }
+    // O = scale (Gam_r Q_r . S_e + sum_{c <= r} P_rc Delta_ce)  (P is 0 above the diagonal).
+    block_gemm(
+        L, dv, dk + L,
+        [&](int r, int c) { return c < dk ? QW[r * LK + c] : AP[r * C + (c - dk)]; },
+        [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * dv + e]; },
+        [&](int r, int e, float acc) { o[(bt0 + r) * DV + v_off + e] = from_f32<T>(scale * acc); });
     __syncthreads();  // S is read above; now update it
     // S' = Gam_{L-1} S + sum_r Delta_r^T decay(L-1, r) K_r.
     const float Gam_end = expf(gam[L - 1]);
-    for (int i = tid; i < dv * dk; i += kThreads) {
-      const int e = i / dk, c = i % dk;
-      float acc = 0.f;
-      for (int r = 0; r < L; ++r) acc += UD[r * dv + e] * dend[r] * K[r * LK + c];
-      S[e * LK + c] = Gam_end * S[e * LK + c] + acc;
-    }
+    block_gemm(
+        dv, dk, L, [&](int e, int r) { return UD[r * dv + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
+        [&](int e, int c, float acc) { S[e * LK + c] = Gam_end * S[e * LK + c] + acc; });
   }
 }
 
