@@ -149,6 +149,18 @@ TEST_CASE("trainer: bad inputs are refused with a message naming them") {
   CHECK_THROWS_WITH(train(parse_config("", ov), o), doctest::Contains("/nonexistent/corpus.txt"));
   ov = with(tiny_overrides(out, "x", 10), "run.resume", "/nonexistent/ckpt.h5");
   CHECK_THROWS_WITH(train(parse_config("", ov), o), doctest::Contains("/nonexistent/ckpt.h5"));
+  // the CLI: two config files, a missing one, an unknown option
+  auto cli_error = [&](const std::string& args) {
+    const fs::path log = out / "cli.log";
+    const std::string cmd = std::string(HYSIM_BIN) + " train " + args + " > " + log.string() + " 2>&1";
+    CHECK(std::system(cmd.c_str()) != 0);
+    std::ifstream in(log);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  CHECK(cli_error("-c a.ini -c b.ini").find("-c given twice (a.ini, b.ini)") != std::string::npos);
+  CHECK(cli_error("-c /nonexistent/run.ini").find("config file /nonexistent/run.ini does not exist") !=
+        std::string::npos);
+  CHECK(cli_error("--frobnicate").find("unknown option --frobnicate") != std::string::npos);
 }
 
 TEST_CASE("trainer: WSDS main run saves stable checkpoints; a branch decays from one to min lr") {
