@@ -1,0 +1,136 @@
+#include "core/cuda/adamw.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "core/cuda/device_util.cuh"
+
+namespace hysim::cuda {
+
+namespace {
+
+constexpr int64_t kChunk = int64_t(1) << 14;  // elements per chunk (= the CPU's norm block)
+constexpr int kThreads = 256;
+
+struct Chunk {
+  int64_t offset, numel;
+  int decay;  // the group has weight decay
+};
+
+__global__ void sum_squares_kernel(double* __restrict__ partial, const Chunk* __restrict__ chunks,
+                                   const float* __restrict__ grad) {
+  const Chunk c = chunks[blockIdx.x];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < c.numel; i += kThreads) {
+    const double g = grad[c.offset + i];
+    s += g * g;
+  }
+  __shared__ double part[kThreads];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int off = kThreads / 2; off > 0; off >>= 1) {  // fixed tree: deterministic
+    if (threadIdx.x < off) part[threadIdx.x] += part[threadIdx.x + off];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+}
+
+// One block of 1024 threads: contiguous ranges of chunks in order, then a fixed tree.
+__global__ void ordered_sum_kernel(double* __restrict__ out, const double* __restrict__ partial, int64_t n) {
+  __shared__ double part[1024];
+  const int64_t per = (n + 1023) / 1024, lo = threadIdx.x * per, hi = min(n, lo + per);
+  double s = 0;
+  for (int64_t i = lo; i < hi; ++i) s += partial[i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int off = 512; off > 0; off >>= 1) {
+    if (threadIdx.x < off) part[threadIdx.x] += part[threadIdx.x + off];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = part[0];
+}
+
+__global__ void adamw_step_kernel(float* __restrict__ master, bf16* __restrict__ params, float* __restrict__ m,
+                                  float* __restrict__ v, const float* __restrict__ grad,
+                                  const Chunk* __restrict__ chunks, float b1, float b2, float eps, float step_size,
+                                  float inv_sqrt_bc2, float decay, float grad_scale) {
+  const Chunk c = chunks[blockIdx.x];
+  const float dec = c.decay ? decay : 0.f;
+  for (int64_t j = threadIdx.x; j < c.numel; j += kThreads) {
+    const int64_t i = c.offset + j;
+    const float g = grad[i] * grad_scale;
+    const float mi = b1 * m[i] + (1.f - b1) * g;
+    const float vi = b2 * v[i] + (1.f - b2) * g * g;
+    float p = master[i];
+    p -= dec * p;
+    p -= step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    m[i] = mi;
+    v[i] = vi;
+    master[i] = p;
+    if (params) params[i] = __float2bfloat16_rn(p);
+  }
+}
+
+}  // namespace
+
+AdamW::AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg) : groups_(std::move(groups)), cfg_(cfg) {
+  if (!(cfg_.beta1 >= 0 && cfg_.beta1 < 1) || !(cfg_.beta2 >= 0 && cfg_.beta2 < 1))
+    throw std::invalid_argument("AdamW (CUDA): betas must be in [0, 1)");
+  std::vector<Chunk> table;
+  for (const ParamGroup& g : groups_) {
+    if (g.offset < 0 || g.numel < 0)
+      throw std::invalid_argument("AdamW (CUDA): group '" + g.name + "' has negative offset or numel");
+    size_ = std::max(size_, g.offset + g.numel);
+    for (int64_t o = 0; o < g.numel; o += kChunk)
+      table.push_back({g.offset + o, std::min(kChunk, g.numel - o), g.weight_decay ? 1 : 0});
+  }
+  n_chunks_ = int64_t(table.size());
+  const size_t bytes = DeviceArena::round_up(2 * size_t(size_) * sizeof(float)) +
+                       DeviceArena::round_up(table.size() * sizeof(Chunk)) +
+                       DeviceArena::round_up((table.size() + 1) * sizeof(double)) + 2 * DeviceArena::kAlign;
+  arena_ = DeviceArena(bytes, "adamw");
+  m_ = arena_.alloc<float>(size_, "adam m");
+  v_ = arena_.alloc<float>(size_, "adam v");
+  chunks_ = arena_.alloc<Chunk>(int64_t(table.size()), "adam chunk table");
+  partial_ = arena_.alloc<double>(int64_t(table.size()), "adam norm partial sums");
+  norm_sq_ = arena_.alloc<double>(1, "adam norm");
+  CUDA_CHECK(cudaMemsetAsync(m_, 0, size_t(size_) * sizeof(float), ctx.stream));
+  CUDA_CHECK(cudaMemsetAsync(v_, 0, size_t(size_) * sizeof(float), ctx.stream));
+  if (!table.empty()) to_device(ctx, static_cast<Chunk*>(chunks_), table.data(), int64_t(table.size()));
+  ctx.sync();  // the host table goes away
+}
+
+double AdamW::grad_norm(Context& ctx, const float* grad) {
+  if (n_chunks_ == 0) return 0.0;
+  sum_squares_kernel<<<unsigned(n_chunks_), kThreads, 0, ctx.stream>>>(partial_, static_cast<const Chunk*>(chunks_),
+                                                                      grad);
+  CUDA_CHECK_LAUNCH("sum_squares_kernel", shape_str("chunks", n_chunks_));
+  ordered_sum_kernel<<<1, 1024, 0, ctx.stream>>>(norm_sq_, partial_, n_chunks_);
+  CUDA_CHECK_LAUNCH("ordered_sum_kernel", shape_str("chunks", n_chunks_));
+  double s = 0;
+  to_host(ctx, &s, norm_sq_, 1);
+  return std::sqrt(s);
+}
+
+void AdamW::step(Context& ctx, float* master, bf16* params, const float* grad, double lr, float grad_scale) {
+  ++step_count_;
+  if (n_chunks_ == 0) return;
+  const double t = double(step_count_);
+  const float step_size = float(lr / (1 - std::pow(cfg_.beta1, t)));
+  const float inv_sqrt_bc2 = float(1 / std::sqrt(1 - std::pow(cfg_.beta2, t)));
+  adamw_step_kernel<<<unsigned(n_chunks_), kThreads, 0, ctx.stream>>>(
+      master, params, m_, v_, grad, static_cast<const Chunk*>(chunks_), float(cfg_.beta1), float(cfg_.beta2),
+      float(cfg_.eps), step_size, inv_sqrt_bc2, float(lr * cfg_.weight_decay), grad_scale);
+  CUDA_CHECK_LAUNCH("adamw_step_kernel", shape_str("chunks, size", n_chunks_, size_));
+}
+
+double AdamW::update(Context& ctx, float* master, bf16* params, const float* grad, double lr, double max_norm) {
+  const double norm = grad_norm(ctx, grad);
+  if (!std::isfinite(norm)) return norm;
+  const float scale = max_norm > 0 && norm > max_norm ? float(max_norm / norm) : 1.f;
+  step(ctx, master, params, grad, lr, scale);
+  return norm;
+}
+
+}  // namespace hysim::cuda
