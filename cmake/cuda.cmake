@@ -35,11 +35,15 @@ if(HYSIM_CUDA)
     endif()
     add_library(layer_${name}_cuda STATIC layers/${name}.cu)
     target_link_libraries(layer_${name}_cuda PUBLIC hysim_cuda layer_${name})
+    foreach(d ${ARGN})  # CUDA layers this one is built from
+      target_link_libraries(layer_${name}_cuda PUBLIC layer_${d}_cuda)
+    endforeach()
     hysim_cuda_host_flags(layer_${name}_cuda)
   endfunction()
-  foreach(l rmsnorm swiglu_mlp embedding lm_head attention gated_deltanet)
+  foreach(l rmsnorm swiglu_mlp embedding lm_head gated_deltanet)
     hysim_layer_cuda(${l})
   endforeach()
+  hysim_layer_cuda(attention rmsnorm)
 
   # GPU tests: tests/test_cuda_<name>.cpp, label gpu; each exits 0 with a skip message
   # when no GPU is present.

@@ -1,5 +1,6 @@
-// Attention on the GPU: RoPE and the causal / sliding-window attention core (GQA, head dims
-// 64 and 128), forward and backward, bf16 storage with fp32 accumulation. Math and layouts
+// Attention on the GPU: RoPE, the causal / sliding-window attention core (GQA, head dims
+// 64 and 128) and the full layer around it (projections, QK-norm), forward and backward,
+// bf16 storage with fp32 accumulation. Math and layouts
 // as layers/attention.cpp (see layers/attention.h):
 //   o_h = softmax(q_h k_g^T / sqrt(dh) + mask) v_g,  g = h / (H / Hkv);  lse per query row
 //   query t keeps keys t-w+1 .. t (window w > 0) or 0 .. t (full causal)
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "core/cuda/device_util.cuh"
+#include "core/cuda/gemm.h"
 #include "core/cuda/layers.h"
 
 namespace hysim::cuda {
@@ -628,6 +630,61 @@ void attention_core_backward(Context& ctx, const AttentionConfig& c, bf16* dq, b
   CUDA_CHECK_LAUNCH("attention_rowdot_kernel", shape_str("rows, dh", rows, c.d_head));
   if (c.d_head == 64) backward_dh<64>(ctx, c, dq, dk, dv, dout, q, k, v, lse, D, B, Tn);
   else backward_dh<128>(ctx, c, dq, dk, dv, dout, q, k, v, lse, D, B, Tn);
+}
+
+void attention_forward(Context& ctx, const AttentionConfig& c, const AttentionParams<bf16>& p,
+                       const AttentionActsCuda& a, const float* rope_table, bf16* y, const bf16* x, int64_t B,
+                       int64_t Tn) {
+  c.validate();
+  const int64_t BT = B * Tn, D = c.d_model, QD = c.q_dim(), KD = c.kv_dim();
+  if (BT <= 0) return;
+  if (c.qk_norm) {
+    linear_forward<bf16, bf16>(ctx, a.q_raw, x, p.q_proj, BT, D, QD);
+    linear_forward<bf16, bf16>(ctx, a.k_raw, x, p.k_proj, BT, D, KD);
+    rmsnorm_forward(ctx, a.q, a.q_rstd, a.q_raw, p.q_norm, BT, QD, c.norm_eps);
+    rmsnorm_forward(ctx, a.k, a.k_rstd, a.k_raw, p.k_norm, BT, KD, c.norm_eps);
+  } else {
+    linear_forward<bf16, bf16>(ctx, a.q, x, p.q_proj, BT, D, QD);
+    linear_forward<bf16, bf16>(ctx, a.k, x, p.k_proj, BT, D, KD);
+  }
+  linear_forward<bf16, bf16>(ctx, a.v, x, p.v_proj, BT, D, KD);
+  if (c.rope) {
+    rope_apply(ctx, a.q, rope_table, B, Tn, c.n_heads, c.d_head, false);
+    rope_apply(ctx, a.k, rope_table, B, Tn, c.n_kv_heads, c.d_head, false);
+  }
+  attention_core_forward(ctx, c, a.o, a.lse, a.q, a.k, a.v, B, Tn);
+  linear_forward<bf16, bf16>(ctx, y, a.o, p.o_proj, BT, QD, D);
+}
+
+void attention_backward(Context& ctx, const AttentionConfig& c, const AttentionParams<bf16>& p,
+                        const AttentionParams<float>& grad, const AttentionActsCuda& a, const float* rope_table,
+                        bf16* dx, const bf16* dy, const bf16* x, int64_t B, int64_t Tn) {
+  c.validate();
+  const int64_t BT = B * Tn, D = c.d_model, QD = c.q_dim(), KD = c.kv_dim();
+  if (BT <= 0) return;
+  ArenaScope scope(ctx.scratch);
+  bf16* d_o = ctx.scratch.alloc<bf16>(BT * QD, "attention d_o");
+  bf16* dq = ctx.scratch.alloc<bf16>(BT * QD, "attention dq");
+  bf16* dk = ctx.scratch.alloc<bf16>(BT * KD, "attention dk");
+  bf16* dv = ctx.scratch.alloc<bf16>(BT * KD, "attention dv");
+  linear_backward<bf16, bf16>(ctx, d_o, grad.o_proj, dy, a.o, p.o_proj, BT, QD, D);
+  attention_core_backward(ctx, c, dq, dk, dv, d_o, a.q, a.k, a.v, a.o, a.lse, B, Tn);
+  if (c.rope) {  // a rotation: its transpose rotates back
+    rope_apply(ctx, dq, rope_table, B, Tn, c.n_heads, c.d_head, true);
+    rope_apply(ctx, dk, rope_table, B, Tn, c.n_kv_heads, c.d_head, true);
+  }
+  const bf16 *dq_in = dq, *dk_in = dk;  // gradients w.r.t. the projections' outputs
+  if (c.qk_norm) {
+    // Not in place: the dw pass reads dout after the dx pass has run.
+    bf16* dq_raw = d_o;  // d_o is no longer needed and has q's shape
+    bf16* dk_raw = ctx.scratch.alloc<bf16>(BT * KD, "attention dk_raw");
+    rmsnorm_backward(ctx, dq_raw, grad.q_norm, dq, a.q_raw, p.q_norm, a.q_rstd, BT, QD);
+    rmsnorm_backward(ctx, dk_raw, grad.k_norm, dk, a.k_raw, p.k_norm, a.k_rstd, BT, KD);
+    dq_in = dq_raw, dk_in = dk_raw;
+  }
+  linear_backward<bf16, bf16>(ctx, dx, grad.q_proj, dq_in, x, p.q_proj, BT, D, QD);
+  linear_backward<bf16, bf16>(ctx, dx, grad.k_proj, dk_in, x, p.k_proj, BT, D, KD, /*accumulate_dx=*/true);
+  linear_backward<bf16, bf16>(ctx, dx, grad.v_proj, dv, x, p.v_proj, BT, D, KD, /*accumulate_dx=*/true);
 }
 
 template void rope_apply<float>(Context&, float*, const float*, int64_t, int64_t, int64_t, int64_t, bool);

@@ -87,6 +87,30 @@ void attention_core_backward(Context& ctx, const AttentionConfig& c, bf16* dq, b
                              const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, int64_t B,
                              int64_t Tn);
 
+// Full attention layer (layers/attention.cu), the CPU's attention_forward/backward on the
+// device: projections by cuBLASLt, QK-norm by the RMSNorm kernels (over the full q and k
+// projections), RoPE, the flash core, the output projection. bf16 tensors, fp32 statistics
+// and parameter gradients. RoPE is plain (frequencies theta^(-2i/dh), scale 1): the table
+// comes from rope_table(f, 1, Tn) uploaded once per sequence length.
+struct AttentionActsCuda {
+  bf16* q_raw = nullptr;   // [B, T, H dh]    (qk_norm only)
+  bf16* k_raw = nullptr;   // [B, T, Hkv dh]  (qk_norm only)
+  float* q_rstd = nullptr;  // [B T]          (qk_norm only)
+  float* k_rstd = nullptr;  // [B T]          (qk_norm only)
+  bf16* q = nullptr;       // [B, T, H dh]    normed and rotated
+  bf16* k = nullptr;       // [B, T, Hkv dh]
+  bf16* v = nullptr;       // [B, T, Hkv dh]
+  bf16* o = nullptr;       // [B, T, H dh]    core output
+  float* lse = nullptr;    // [B, H, T]
+};
+void attention_forward(Context& ctx, const AttentionConfig& c, const AttentionParams<bf16>& p,
+                       const AttentionActsCuda& a, const float* rope_table, bf16* y, const bf16* x, int64_t B,
+                       int64_t Tn);
+// dx overwritten, grad.* accumulated (fp32). Scratch: 2 (H + Hkv) dh + H dh bf16 per token.
+void attention_backward(Context& ctx, const AttentionConfig& c, const AttentionParams<bf16>& p,
+                        const AttentionParams<float>& grad, const AttentionActsCuda& a, const float* rope_table,
+                        bf16* dx, const bf16* dy, const bf16* x, int64_t B, int64_t Tn);
+
 // ---- Gated DeltaNet chunked core (layers/gated_deltanet.cu) -------------------------
 // hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
 // v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
