@@ -30,38 +30,6 @@ struct GdnDims {
   int Tn, H, Hv, dk, dv, C, NC;
 };
 
-// out(m, n, sum_k fa(m, k) fb(n, k)) for m < M, n < N, by the whole block: each thread
-// owns 4 x 4 outputs (rows mi + i TM, columns ni + j TN: consecutive threads take
-// consecutive columns), so that each operand value loaded from shared memory feeds four
-// FMAs instead of one.
-template <class FA, class FB, class FO> __device__ void block_gemm(int M, int N, int K, FA fa, FB fb, FO out) {
-  const int TM = (M + 3) / 4, TN = (N + 3) / 4;
-  for (int t = threadIdx.x; t < TM * TN; t += kThreads) {
-    const int mi = t / TN, ni = t % TN;
-    float acc[4][4] = {};
-    for (int kk = 0; kk < K; ++kk) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = mi + i * TM, n = ni + i * TN;
-        av[i] = m < M ? fa(m, kk) : 0.f;
-        bv[i] = n < N ? fb(n, kk) : 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int m = mi + i * TM, n = ni + j * TN;
-        if (m < M && n < N) out(m, n, acc[i][j]);
-      }
-  }
-}
-
 // Shared memory (floats): S [dv, dk], K [C, dk], QW [C, dk] (W, then Q), UD [C, dv] (U,
 // then Delta), AP [C, C] (A, then the decayed Q K^T), gam, beta, dend [C]. Rows of S, K,
 // QW are padded to dk + 1 floats: loops whose lanes walk down a column (S[e, :] for
@@ -119,7 +87,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // A (strictly lower), U = diag(beta) V, W = diag(beta Gam) K.
-    block_gemm(
+    block_gemm<kThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) { AP[r * C + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
     for (int i = tid; i < L * dv; i += kThreads) UD[i] *= bet[i / dv];
@@ -141,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
     }
     // Delta = U - W S^T.
-    block_gemm(
+    block_gemm<kThreads>(
         L, dv, dk, [&](int r, int c) { return QW[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
         [&](int r, int e, float ws) { UD[r * dv + e] -= ws; });
     __syncthreads();
@@ -151,7 +119,7 @@ __global__ void __launch_bounds__(kThreads)
       QW[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
     }
     __syncthreads();
-    block_gemm(
+    block_gemm<kThreads>(
         L, L, dk, [&](int r, int e) { return QW[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float qk) { AP[r * C + c] = c <= r ? qk * expf(gam[r] - gam[c]) : 0.f; });
     __syncthreads();  // the product above still reads Q
@@ -159,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = tid; i < L * dk; i += kThreads) QW[(i / dk) * LK + i % dk] *= expf(gam[i / dk]);
     __syncthreads();
     // O = scale (Gam_r Q_r . S_e + sum_{c <= r} P_rc Delta_ce)  (P is 0 above the diagonal).
-    block_gemm(
+    block_gemm<kThreads>(
         L, dv, dk + L,
         [&](int r, int c) { return c < dk ? QW[r * LK + c] : AP[r * C + (c - dk)]; },
         [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * dv + e]; },
@@ -167,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // S is read above; now update it
     // S' = Gam_{L-1} S + sum_r Delta_r^T decay(L-1, r) K_r.
     const float Gam_end = expf(gam[L - 1]);
-    block_gemm(
+    block_gemm<kThreads>(
         dv, dk, L, [&](int e, int r) { return UD[r * dv + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
         [&](int e, int c, float acc) { S[e * LK + c] = Gam_end * S[e * LK + c] + acc; });
   }

@@ -1,4 +1,5 @@
-// Device-side helpers shared by the .cu files: fp32 <-> storage-type conversion and warp sums.
+// Device-side helpers shared by the .cu files: fp32 <-> storage-type conversion, warp sums
+// and a small block-wide product on register tiles.
 // Kernels load bf16 or fp32 storage, compute in fp32 and round once on store.
 #pragma once
 #include <cuda_bf16.h>
@@ -24,6 +25,40 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float sigmoid_f32(float x) { return 1.f / (1.f + expf(-x)); }
 
 constexpr int kWarp = 32;
+
+// out(m, n, sum_k fa(m, k) fb(n, k)) for m < M, n < N, by a whole block of Threads
+// threads (operands usually in shared memory, fp32 FMAs): each thread owns 4 x 4 outputs (rows mi + i TM, columns ni + j TN: consecutive threads take
+// consecutive columns), so that each operand value loaded from shared memory feeds four
+// FMAs instead of one.
+template <int Threads, class FA, class FB, class FO>
+__device__ void block_gemm(int M, int N, int K, FA fa, FB fb, FO out) {
+  const int TM = (M + 3) / 4, TN = (N + 3) / 4;
+  for (int t = threadIdx.x; t < TM * TN; t += Threads) {
+    const int mi = t / TN, ni = t % TN;
+    float acc[4][4] = {};
+    for (int kk = 0; kk < K; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = mi + i * TM, n = ni + i * TN;
+        av[i] = m < M ? fa(m, kk) : 0.f;
+        bv[i] = n < N ? fb(n, kk) : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int m = mi + i * TM, n = ni + j * TN;
+        if (m < M && n < N) out(m, n, acc[i][j]);
+      }
+  }
+}
+
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -13,6 +13,7 @@
 #include "layers/embedding.h"
 #include "layers/gated_deltanet.h"
 #include "layers/lm_head.h"
+#include "layers/mamba2.h"
 #include "layers/rmsnorm.h"
 #include "layers/swiglu_mlp.h"
 
@@ -120,5 +121,15 @@ void attention_backward(Context& ctx, const AttentionConfig& c, const AttentionP
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);
+
+// ---- Mamba2 chunked SSD core (layers/mamba2.cu) -------------------------------------
+// hysim::mamba2_chunk_forward on the device, same layouts: xbc [B, Tn, conv_dim] = (x [H, P]
+// | B [G, N] | C [G, N]), dt [B, Tn, H] (after softplus), A [H] (negative); y [B, Tn,
+// d_inner] without the D term; chunk_states [B, H, n_chunks, P, N]. Storage T (fp32 or
+// bf16), fp32 arithmetic. Shared memory per block: (P + 2 Q)(N + 1) + Q P + Q^2 + 3 Q floats
+// (Q = chunk_size); throws if the device has less.
+template <class T>
+void mamba2_chunk_forward(Context& ctx, const Mamba2Config& c, T* y, T* chunk_states, const T* xbc, const T* dt,
+                          const T* A, int64_t B, int64_t Tn);
 
 }  // namespace hysim::cuda
