@@ -19,12 +19,20 @@ struct Chunk {
 };
 
 __global__ void sum_squares_kernel(double* __restrict__ partial, const Chunk* __restrict__ chunks,
-                                   const float* __restrict__ grad) {
+                                   const float* __restrict__ grad, bool vec_ok) {
   const Chunk c = chunks[blockIdx.x];
   double s = 0;
-  for (int64_t i = threadIdx.x; i < c.numel; i += kThreads) {
-    const double g = grad[c.offset + i];
-    s += g * g;
+  if (vec_ok && ((c.offset | c.numel) & 3) == 0) {  // 16-byte loads where the chunk allows
+    const float4* g4 = reinterpret_cast<const float4*>(grad + c.offset);
+    for (int64_t i = threadIdx.x; i < c.numel / 4; i += kThreads) {
+      const float4 g = g4[i];
+      s += double(g.x) * g.x + double(g.y) * g.y + double(g.z) * g.z + double(g.w) * g.w;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < c.numel; i += kThreads) {
+      const double g = grad[c.offset + i];
+      s += g * g;
+    }
   }
   __shared__ double part[kThreads];
   part[threadIdx.x] = s;
@@ -54,23 +62,47 @@ __global__ void ordered_sum_kernel(double* __restrict__ out, const double* __res
 __global__ void adamw_step_kernel(float* __restrict__ master, bf16* __restrict__ params, float* __restrict__ m,
                                   float* __restrict__ v, const float* __restrict__ grad,
                                   const Chunk* __restrict__ chunks, float b1, float b2, float eps, float step_size,
-                                  float inv_sqrt_bc2, float decay, float grad_scale) {
+                                  float inv_sqrt_bc2, float decay, float grad_scale, bool vec_ok) {
   const Chunk c = chunks[blockIdx.x];
   const float dec = c.decay ? decay : 0.f;
-  for (int64_t j = threadIdx.x; j < c.numel; j += kThreads) {
-    const int64_t i = c.offset + j;
-    const float g = grad[i] * grad_scale;
-    const float mi = b1 * m[i] + (1.f - b1) * g;
-    const float vi = b2 * v[i] + (1.f - b2) * g * g;
-    float p = master[i];
+  // One element's update; the same expression on both paths below.
+  auto update = [&](float g, float& mi, float& vi, float& p) {
+    g *= grad_scale;
+    mi = b1 * mi + (1.f - b1) * g;
+    vi = b2 * vi + (1.f - b2) * g * g;
     p -= dec * p;
     p -= step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
-    m[i] = mi;
-    v[i] = vi;
-    master[i] = p;
-    if (params) params[i] = __float2bfloat16_rn(p);
+  };
+  if (vec_ok && ((c.offset | c.numel) & 3) == 0) {  // 16-byte accesses where the chunk allows
+    for (int64_t j = threadIdx.x; j < c.numel / 4; j += kThreads) {
+      const int64_t i = c.offset + 4 * j;
+      const float4 g = *reinterpret_cast<const float4*>(grad + i);
+      float4 mi = *reinterpret_cast<const float4*>(m + i), vi = *reinterpret_cast<const float4*>(v + i),
+             p = *reinterpret_cast<const float4*>(master + i);
+      update(g.x, mi.x, vi.x, p.x), update(g.y, mi.y, vi.y, p.y);
+      update(g.z, mi.z, vi.z, p.z), update(g.w, mi.w, vi.w, p.w);
+      *reinterpret_cast<float4*>(m + i) = mi;
+      *reinterpret_cast<float4*>(v + i) = vi;
+      *reinterpret_cast<float4*>(master + i) = p;
+      if (params) {
+        *reinterpret_cast<__nv_bfloat162*>(params + i) = __floats2bfloat162_rn(p.x, p.y);
+        *reinterpret_cast<__nv_bfloat162*>(params + i + 2) = __floats2bfloat162_rn(p.z, p.w);
+      }
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < c.numel; j += kThreads) {
+      const int64_t i = c.offset + j;
+      float mi = m[i], vi = v[i], p = master[i];
+      update(grad[i], mi, vi, p);
+      m[i] = mi;
+      v[i] = vi;
+      master[i] = p;
+      if (params) params[i] = __float2bfloat16_rn(p);
+    }
   }
 }
+
+bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
 }  // namespace
 
@@ -104,7 +136,7 @@ AdamW::AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg) : gr
 double AdamW::grad_norm(Context& ctx, const float* grad) {
   if (n_chunks_ == 0) return 0.0;
   sum_squares_kernel<<<unsigned(n_chunks_), kThreads, 0, ctx.stream>>>(partial_, static_cast<const Chunk*>(chunks_),
-                                                                      grad);
+                                                                      grad, aligned(grad, 16));
   CUDA_CHECK_LAUNCH("sum_squares_kernel", shape_str("chunks", n_chunks_));
   ordered_sum_kernel<<<1, 1024, 0, ctx.stream>>>(norm_sq_, partial_, n_chunks_);
   CUDA_CHECK_LAUNCH("ordered_sum_kernel", shape_str("chunks", n_chunks_));
@@ -121,7 +153,8 @@ void AdamW::step(Context& ctx, float* master, bf16* params, const float* grad, d
   const float inv_sqrt_bc2 = float(1 / std::sqrt(1 - std::pow(cfg_.beta2, t)));
   adamw_step_kernel<<<unsigned(n_chunks_), kThreads, 0, ctx.stream>>>(
       master, params, m_, v_, grad, static_cast<const Chunk*>(chunks_), float(cfg_.beta1), float(cfg_.beta2),
-      float(cfg_.eps), step_size, inv_sqrt_bc2, float(lr * cfg_.weight_decay), grad_scale);
+      float(cfg_.eps), step_size, inv_sqrt_bc2, float(lr * cfg_.weight_decay), grad_scale,
+      aligned(master, 16) && aligned(grad, 16) && aligned(params, 4));  // m_, v_: arena, 256-aligned
   CUDA_CHECK_LAUNCH("adamw_step_kernel", shape_str("chunks, size", n_chunks_, size_));
 }
 
