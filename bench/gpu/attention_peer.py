@@ -12,11 +12,11 @@ The sliding-window shape uses flex_attention (torch.compile'd, Triton) with a sl
 block mask: SDPA's flash backend has no window argument.
 """
 import argparse
-import re
-import statistics
 
 import torch
 import torch.nn.functional as F
+
+from peer_common import median_ms, read_ours
 
 SHAPES = [  # name, B, T, H, Hkv, dh, window (as in bench_attention.cpp)
     ("ladder1B_B4_T4096_H16_d128_causal", 4, 4096, 16, 16, 128, 0),
@@ -27,31 +27,12 @@ SHAPES = [  # name, B, T, H, Hkv, dh, window (as in bench_attention.cpp)
 ]
 
 
-def median_ms(fn, warmup=3, reps=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", help="bench_gpu_attention output")
     args = ap.parse_args()
-    ours = {}
-    if args.ours:
-        for line in open(args.ours):
-            m = re.match(r"RESULT (\S+) (\S+) (\S+)", line)
-            if m:
-                ours[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+    ours = read_ours(args.ours)
 
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -87,8 +68,8 @@ def main():
 
         try:
             with torch.no_grad():
-                f_ms = median_ms(fwd)
-            fb_ms = median_ms(fwd_bwd)
+                f_ms = median_ms(fwd, 3, 20)
+            fb_ms = median_ms(fwd_bwd, 3, 20)
         except Exception as e:  # say why a peer did not run rather than stop the table
             print(f"{name}: peer {peer} failed: {type(e).__name__}: {str(e)[:200]}")
             continue

@@ -14,43 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/bench_common.h"
 #include "core/cuda/layers.h"
 #include "core/rng.h"
 
 using namespace hysim::cuda;
-
-static double median_ms(Context& ctx, const std::function<void()>& f, int warmup = 3, int reps = 20) {
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CUDA_CHECK(cudaEventRecord(a, ctx.stream));
-    f();
-    CUDA_CHECK(cudaEventRecord(b, ctx.stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-static bf16* random_bf16(Context& ctx, DeviceArena& arena, int64_t n, uint64_t seed) {
-  std::vector<float> h(n);
-  hysim::CounterRng r(seed, 3);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) h[i] = float(r.normal(i));
-  const auto b = to_bf16_host(h);
-  bf16* p = arena.alloc<bf16>(n, "bench data");
-  to_device(ctx, p, b.data(), n);
-  ctx.sync();
-  return p;
-}
+using namespace hysim::cuda::bench;
 
 int main() {
   if (device_count() == 0) {
@@ -82,11 +51,11 @@ int main() {
          *dv = arena.alloc<bf16>(nk);
     float* lse = arena.alloc<float>(s.B * s.H * s.T);
     const double fwd_flops = 4.0 * double(s.B * s.H * s.dh) * double(hysim::attention_kept_pairs(c, s.T));
-    const double fwd = median_ms(ctx, [&] { attention_core_forward(ctx, c, o, lse, q, k, v, s.B, s.T); });
+    const double fwd = median_ms(ctx, [&] { attention_core_forward(ctx, c, o, lse, q, k, v, s.B, s.T); }, 3, 20);
     const double fb = median_ms(ctx, [&] {
       attention_core_forward(ctx, c, o, lse, q, k, v, s.B, s.T);
       attention_core_backward(ctx, c, dq, dk, dv, dout, q, k, v, o, lse, s.B, s.T);
-    });
+    }, 3, 20);
     std::printf("%-38s %9.3f %9.1f %9.3f %9.1f\n", s.name.c_str(), fwd, fwd_flops / fwd / 1e9, fb,
                 3.5 * fwd_flops / fb / 1e9);
     std::printf("RESULT %s %.4f %.4f\n", s.name.c_str(), fwd, fb);

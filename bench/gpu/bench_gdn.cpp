@@ -11,43 +11,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/bench_common.h"
 #include "core/cuda/layers.h"
 #include "core/rng.h"
 
 using namespace hysim::cuda;
-
-static double median_ms(Context& ctx, const std::function<void()>& f, int warmup = 2, int reps = 10) {
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CUDA_CHECK(cudaEventRecord(a, ctx.stream));
-    f();
-    CUDA_CHECK(cudaEventRecord(b, ctx.stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-template <class T> T* upload(Context& ctx, DeviceArena& arena, const std::vector<float>& h) {
-  T* p = arena.alloc<T>(int64_t(h.size()), "bench data");
-  if constexpr (std::is_same_v<T, float>) {
-    to_device(ctx, p, h.data(), int64_t(h.size()));
-  } else {
-    const auto b = to_bf16_host(h);
-    to_device(ctx, p, b.data(), int64_t(b.size()));
-  }
-  ctx.sync();
-  return p;
-}
+using namespace hysim::cuda::bench;
 
 template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t Tn) {
   hysim::GdnConfig c;
@@ -76,7 +45,7 @@ template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t T
           *b_d = upload<T>(ctx, arena, beta), *g_d = upload<T>(ctx, arena, g);
   T* o = arena.alloc<T>(nv);
   T* cs = arena.alloc<T>(B * c.n_v_heads * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
-  const double ms = median_ms(ctx, [&] { gdn_chunk_forward(ctx, c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn); });
+  const double ms = median_ms(ctx, [&] { gdn_chunk_forward(ctx, c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn); }, 2, 10);
   std::printf("%-34s %9.3f\n", name, ms);
   std::printf("RESULT %s %.4f\n", name, ms);
 }

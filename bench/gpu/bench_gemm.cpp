@@ -9,46 +9,14 @@
 #include <vector>
 
 #include "core/cuda/gemm.h"
+#include "bench/gpu/bench_common.h"
 #include "core/cuda/layers.h"
 #include "core/rng.h"
 
 using namespace hysim::cuda;
-
-static double median_ms(Context& ctx, const std::function<void()>& f, int warmup = 3, int reps = 15) {
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CUDA_CHECK(cudaEventRecord(a, ctx.stream));
-    f();
-    CUDA_CHECK(cudaEventRecord(b, ctx.stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using namespace hysim::cuda::bench;
 
 // Random bf16 values N(0, std) generated on the host, converted on the device.
-static bf16* random_bf16(Context& ctx, DeviceArena& arena, int64_t n, uint64_t seed, double std) {
-  std::vector<float> h(n);
-  hysim::CounterRng r(seed, 3);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) h[i] = float(std * r.normal(i));
-  float* tmp = arena.alloc<float>(n, "bench staging");
-  bf16* p = arena.alloc<bf16>(n, "bench data");
-  to_device(ctx, tmp, h.data(), n);
-  f32_to_bf16(ctx, p, tmp, n);
-  ctx.sync();
-  return p;
-}
-
 int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("SKIP: no CUDA device\n");

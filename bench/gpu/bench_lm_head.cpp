@@ -9,43 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/bench_common.h"
 #include "core/cuda/layers.h"
 #include "core/rng.h"
 
 using namespace hysim::cuda;
-
-static double median_ms(Context& ctx, const std::function<void()>& f, int warmup = 2, int reps = 10) {
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    CUDA_CHECK(cudaEventRecord(a, ctx.stream));
-    f();
-    CUDA_CHECK(cudaEventRecord(b, ctx.stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-static bf16* random_bf16(Context& ctx, DeviceArena& arena, int64_t n, uint64_t seed, double std) {
-  std::vector<float> h(n);
-  hysim::CounterRng r(seed, 3);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) h[i] = float(std * r.normal(i));
-  const auto b = to_bf16_host(h);
-  bf16* p = arena.alloc<bf16>(n, "bench data");
-  to_device(ctx, p, b.data(), n);
-  ctx.sync();
-  return p;
-}
+using namespace hysim::cuda::bench;
 
 int main() {
   if (device_count() == 0) {
@@ -75,7 +44,7 @@ int main() {
     hysim::LmHeadStats st;
     const double ms = median_ms(ctx, [&] {
       st = lm_head_loss(ctx, dx, dW, x, W, tgt, static_cast<const float*>(nullptr), s.N, s.D, s.V, 1e-4, 0, true);
-    });
+    }, 2, 10);
     const double flops = 3.0 * 2.0 * double(s.N) * s.D * s.V;  // logits, dx, dW GEMMs
     std::printf("%-34s %9.3f %9.1f %9.4f\n", s.name.c_str(), ms, flops / ms / 1e9, st.loss);
     std::printf("RESULT %s %.4f\n", s.name.c_str(), ms);

@@ -10,22 +10,12 @@
 #include <functional>
 #include <vector>
 
+#include "bench/gpu/bench_common.h"
 #include "core/cuda/layers.h"
 #include "core/rng.h"
 
 using namespace hysim::cuda;
-
-template <class T> T* upload(Context& ctx, DeviceArena& arena, const std::vector<float>& h) {
-  T* p = arena.alloc<T>(int64_t(h.size()), "bench data");
-  if constexpr (std::is_same_v<T, float>) {
-    to_device(ctx, p, h.data(), int64_t(h.size()));
-  } else {
-    const auto b = to_bf16_host(h);
-    to_device(ctx, p, b.data(), int64_t(b.size()));
-  }
-  ctx.sync();
-  return p;
-}
+using namespace hysim::cuda::bench;
 
 template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t Tn) {
   hysim::Mamba2Config c;

@@ -7,10 +7,10 @@ and prints the relative error, so that a wrong peer cannot pass unnoticed.
     python3 bench/gpu/gdn_peer.py [--ours FILE]   (FILE: bench_gpu_gdn's output)
 """
 import argparse
-import re
-import statistics
 
 import torch
+
+from peer_common import median_ms, read_ours
 
 
 def gdn_chunk_forward(q, k, v, beta, g, C=64):
@@ -62,31 +62,12 @@ def inputs(B, H, T, dk, dv, dtype):
     return q, k, v, beta, g
 
 
-def median_ms(fn, warmup=2, reps=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
-
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours")
     args = ap.parse_args()
-    ours = {}
-    if args.ours:
-        for line in open(args.ours):
-            m = re.match(r"RESULT (\S+) (\S+)", line)
-            if m:
-                ours[m.group(1)] = float(m.group(2))
+    ours = read_ours(args.ours)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     torch.manual_seed(0)
     x = inputs(1, 2, 128, 32, 48, torch.float64)
@@ -97,7 +78,7 @@ def main():
         ms = median_ms(lambda: gdn_chunk_forward(*x))
     print(f"{'shape':30s} {'peer ms':>9s} {'ours ms':>9s} {'ratio':>6s}")
     for name in ("gdn_fwd_B4_T4096_bf16", "gdn_fwd_B4_T4096_fp32"):
-        o = ours.get(name, float("nan"))
+        o = ours.get(name, (float("nan"),))[0]
         print(f"{name:30s} {ms:9.3f} {o:9.3f} {ms / o:6.2f}")
     print("peer: PyTorch eager fp32 chunked forward; ratio = peer ms / ours ms (> 1: ours faster)")
 

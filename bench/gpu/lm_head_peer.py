@@ -6,41 +6,22 @@ the N x V logits (bf16) and their fp32 upcast; ours never holds more than a chun
     python3 bench/gpu/lm_head_peer.py [--ours FILE]   (FILE: bench_gpu_lm_head's output)
 """
 import argparse
-import re
-import statistics
 
 import torch
 import torch.nn.functional as F
 
+from peer_common import median_ms, read_ours
+
 SHAPES = [("ladder1B_N16384_D2048_V100352", 16384, 2048, 100352),
           ("olmo7B_N8192_D3840_V100352", 8192, 3840, 100352)]
 
-
-def median_ms(fn, warmup=2, reps=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours")
     args = ap.parse_args()
-    ours = {}
-    if args.ours:
-        for line in open(args.ours):
-            m = re.match(r"RESULT (\S+) (\S+)", line)
-            if m:
-                ours[m.group(1)] = float(m.group(2))
+    ours = read_ours(args.ours)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     print(f"{'shape':34s} {'peer f+b':>9s} {'peak GB':>8s} {'ours f+b':>9s} {'ratio':>6s}")
     for name, N, D, V in SHAPES:
@@ -60,7 +41,7 @@ def main():
         torch.cuda.reset_peak_memory_stats()
         ms = median_ms(step)
         peak = torch.cuda.max_memory_allocated() / 1e9
-        o = ours.get(name, float("nan"))
+        o = ours.get(name, (float("nan"),))[0]
         print(f"{name:34s} {ms:9.3f} {peak:8.1f} {o:9.3f} {ms / o:6.2f}")
         del x, W
         torch.cuda.empty_cache()
