@@ -221,4 +221,18 @@ TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run rec
   std::ifstream log(out / "log");
   std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
   CHECK(text.find("6 already done") != std::string::npos);
+  // a grid whose columns cannot be told apart, or with arguments for more tasks than it names
+  auto grid_error = [&](const std::string& grid) {
+    const std::string c = std::string(HYSIM_BIN) + " expressivity --run.out_dir=" + out.string() + " " + grid + " > " +
+                          (out / "err").string() + " 2>&1";
+    CHECK(std::system(c.c_str()) != 0);
+    std::ifstream in(out / "err");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  CHECK(grid_error("--grid.architectures=gdn --grid.tasks=modadd,modadd '--grid.task_args=m=3;m=3'")
+            .find("task 'modadd-m3' appears twice") != std::string::npos);
+  CHECK(grid_error("--grid.architectures=gdn --grid.tasks=parity '--grid.task_args=-;m=3'")
+            .find("gives arguments for 2 tasks but grid.tasks names 1") != std::string::npos);
+  CHECK(grid_error("--grid.architectures=gdn --grid.tasks=mqar --grid.task_args=n_pairz=3").find("n_pairz") !=
+        std::string::npos);
 }
