@@ -39,6 +39,17 @@ AttentionConfig attention_config(const ModelConfig& m, char letter) {
   return c;
 }
 
+// The init shared by GDN and Mamba2: projections N(0, init_std), A ~ U(a_init_min,
+// a_init_max), dt log-uniform in [dt_min, dt_max] floored at dt_floor.
+template <class C> void set_decay_init(const ModelConfig& m, C& c) {
+  c.init_std = m.init_std;
+  c.a_init_min = m.a_init_min;
+  c.a_init_max = m.a_init_max;
+  c.dt_min = m.dt_min;
+  c.dt_max = m.dt_max;
+  c.dt_floor = m.dt_floor;
+}
+
 GdnConfig gdn_config(const ModelConfig& m) {
   GdnConfig c;
   c.d_model = m.d_model;
@@ -50,12 +61,7 @@ GdnConfig gdn_config(const ModelConfig& m) {
   c.allow_neg_eigval = m.gdn_allow_neg_eigval;
   c.chunk_size = m.gdn_chunk;
   c.norm_eps = m.gdn_norm_eps;
-  c.init_std = m.init_std;
-  c.a_init_min = m.a_init_min;
-  c.a_init_max = m.a_init_max;
-  c.dt_min = m.dt_min;
-  c.dt_max = m.dt_max;
-  c.dt_floor = m.dt_floor;
+  set_decay_init(m, c);
   return c;
 }
 
@@ -69,12 +75,7 @@ Mamba2Config mamba2_config(const ModelConfig& m) {
   c.conv_size = m.m2_conv;
   c.chunk_size = m.m2_chunk;
   c.norm_eps = m.m2_norm_eps;
-  c.init_std = m.init_std;
-  c.a_init_min = m.a_init_min;
-  c.a_init_max = m.a_init_max;
-  c.dt_min = m.dt_min;
-  c.dt_max = m.dt_max;
-  c.dt_floor = m.dt_floor;
+  set_decay_init(m, c);
   return c;
 }
 
