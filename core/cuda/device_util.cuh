@@ -23,6 +23,12 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __device__ __forceinline__ float sigmoid_f32(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float silu_f32(float x) { return x * sigmoid_f32(x); }
+// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x) (core/cpu/math.h's silu_grad).
+__device__ __forceinline__ float silu_grad_f32(float x) {
+  const float s = sigmoid_f32(x);
+  return s * (1.f + x * (1.f - s));
+}
 
 constexpr int kWarp = 32;
 

@@ -112,6 +112,18 @@ void attention_backward(Context& ctx, const AttentionConfig& c, const AttentionP
                         const AttentionParams<float>& grad, const AttentionActsCuda& a, const float* rope_table,
                         bf16* dx, const bf16* dy, const bf16* x, int64_t B, int64_t Tn);
 
+// ---- Causal depthwise short convolution (layers/short_conv.cu) -----------------------
+// hysim::short_conv_forward/backward on the device (GDN's q/k/v and Mamba2's xBC convs).
+// x, out, pre: [B, Tn, C] (pre may be null when !silu), w [C, K], bias [C] or null.
+template <class T>
+void short_conv_forward(Context& ctx, T* out, T* pre, const T* x, const T* w, const T* bias, int64_t B, int64_t Tn,
+                        int64_t C, int64_t K, bool silu);
+// dx overwritten; dw, dbias (fp32, may be null) accumulated, deterministically (fixed row
+// chunks summed in order; scratch (K + 1) C ceil(B Tn / 128) floats). K <= 8.
+template <class T>
+void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* dout, const T* x, const T* pre,
+                         const T* w, int64_t B, int64_t Tn, int64_t C, int64_t K, bool silu);
+
 // ---- Gated DeltaNet chunked core (layers/gated_deltanet.cu) -------------------------
 // hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
 // v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
