@@ -13,6 +13,7 @@
 #include "core/optimizer.h"
 #include "core/results.h"
 #include "core/schedule.h"
+#include "core/train_backend.h"
 #include "layers/model.h"
 #include "scaling/accounting.h"
 #include "synthetic_tasks/registry.h"
@@ -130,20 +131,9 @@ ScheduleConfig schedule_config(const TrainConfig& t) {
 }  // namespace
 
 EvalStats evaluate(Model<float>& model, const DataSource& data, int64_t B, int64_t Tn, int64_t n_batches) {
-  const int64_t distinct = data.val_batch_count(B, Tn);
-  if (distinct > 0) n_batches = std::min(n_batches, distinct);
-  Batch b;
-  double loss_sum = 0, w_sum = 0, correct = 0;
-  for (int64_t i = 0; i < n_batches; ++i) {
-    data.val_batch(i, B, Tn, b);
-    const StepStats s =
-        model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, Tn, 0.0, false);
-    loss_sum += s.loss * s.weight_sum;
-    w_sum += s.weight_sum;
-    correct += double(s.n_correct);
-  }
-  if (w_sum <= 0) return {std::nan(""), std::nan("")};
-  return {loss_sum / w_sum, correct / w_sum};
+  return evaluate_batches(data, B, Tn, n_batches, [&](const Batch& b) {
+    return model.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), B, Tn, 0.0, false);
+  });
 }
 
 EvalStats evaluate_at_length(const ModelConfig& mc, const ParamStore<float>& params, const DataSource& data,
@@ -153,10 +143,71 @@ EvalStats evaluate_at_length(const ModelConfig& mc, const ParamStore<float>& par
   return evaluate(m, data, B, Tn, n_batches);
 }
 
+namespace {
+
+// The CPU backend: Model<float> and AdamW<float> over its ParamStore.
+class CpuBackend final : public TrainBackend {
+ public:
+  CpuBackend(const ModelConfig& mc, const AdamWConfig& ac, int64_t B, int64_t Tn, uint64_t seed)
+      : model_(mc, B, Tn), adam_(param_groups(model_.store), ac), B_(B), T_(Tn) {
+    model_.init(seed);
+  }
+  std::string name() const override { return "cpu"; }
+  std::string description() const override {
+    return "cpu, " + std::to_string(omp_get_max_threads()) + " threads";
+  }
+  int64_t n_params() const override { return model_.store.size(); }
+  void zero_grad() override { model_.store.zero_grad(); }
+  StepStats forward_backward(const Batch& b, double z_loss, bool compute_grad) override {
+    return model_.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), b.B, b.T, z_loss,
+                                   compute_grad);
+  }
+  void scale_grad(double s) override {
+    for (float& g : model_.store.grad) g *= float(s);
+  }
+  double update(double lr, double max_norm) override {
+    return adam_.update(model_.store.value.data(), model_.store.grad.data(), lr, max_norm);
+  }
+  std::vector<NamedTensor> param_tensors() override { return store_tensors(model_.store); }
+  std::vector<float> param_values() override { return model_.store.value; }
+  void load_param_tensors(const std::vector<NamedTensor>& t, const std::string& what) override {
+    load_store_tensors(model_.store, t, what);
+  }
+  std::vector<NamedTensor> optimizer_tensors() override { return adam_.state_tensors(); }
+  void load_optimizer_tensors(const std::vector<NamedTensor>& t, int64_t step_count) override {
+    adam_.load_state_tensors(t);
+    adam_.set_step_count(step_count);
+  }
+  EvalStats evaluate(const DataSource& data, int64_t n_batches) override {
+    return hysim::evaluate(model_, data, B_, T_, n_batches);
+  }
+  EvalStats evaluate_at_length(const ModelConfig& mc, const DataSource& data, int64_t Tn,
+                               int64_t n_batches) override {
+    return hysim::evaluate_at_length(mc, model_.store, data, B_, Tn, n_batches);
+  }
+
+ private:
+  Model<float> model_;
+  AdamW<float> adam_;
+  int64_t B_, T_;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& mc, const AdamWConfig& ac, int64_t B, int64_t Tn,
+                                               uint64_t seed) {
+  return std::make_unique<CpuBackend>(mc, ac, B, Tn, seed);
+}
+
+#ifndef HYSIM_HAVE_CUDA
+std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig&, const AdamWConfig&, int64_t, int64_t, uint64_t) {
+  throw std::runtime_error(
+      "run.device = cuda: this binary was built without the CUDA backend (configure with the `cuda` preset)");
+}
+#endif
+
 TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   validate(cfg);
-  if (cfg.run.device != "cpu")
-    throw std::runtime_error("run.device = " + cfg.run.device + ": this binary has only the CPU backend");
   if (cfg.run.threads > 0) omp_set_num_threads(int(cfg.run.threads));
   const TrainConfig& tc = cfg.train;
   const int64_t B = tc.batch_size, T = tc.seq_len;
@@ -165,14 +216,14 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   if (data->vocab_size() > cfg.model.vocab_size)
     throw std::runtime_error("data source " + data->name() + " has vocabulary " + std::to_string(data->vocab_size()) +
                              " > model.vocab_size " + std::to_string(cfg.model.vocab_size));
-  Model<float> model(cfg.model, B, T);
-  model.init(uint64_t(tc.seed));
   AdamWConfig ac;
   ac.beta1 = tc.beta1;
   ac.beta2 = tc.beta2;
   ac.eps = tc.adam_eps;
   ac.weight_decay = tc.weight_decay;
-  AdamW<float> adam(param_groups(model.store), ac);
+  std::unique_ptr<TrainBackend> backend = cfg.run.device == "cuda"
+                                              ? make_cuda_backend(cfg.model, ac, B, T, uint64_t(tc.seed))
+                                              : make_cpu_backend(cfg.model, ac, B, T, uint64_t(tc.seed));
   const ScheduleConfig sched = schedule_config(tc);
 
   TrainOutcome out;
@@ -185,9 +236,8 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   std::unique_ptr<RunResults> results;
   if (!cfg.run.resume.empty()) {
     Checkpoint ck = load_checkpoint(cfg.run.resume);
-    load_store_tensors(model.store, ck.params, "checkpoint " + cfg.run.resume);
-    adam.load_state_tensors(ck.optimizer);
-    adam.set_step_count(ck.step);
+    backend->load_param_tensors(ck.params, "checkpoint " + cfg.run.resume);
+    backend->load_optimizer_tensors(ck.optimizer, ck.step);
     start = ck.step;
     if (std::filesystem::exists(out.results_path)) {
       results = std::make_unique<RunResults>(RunResults::load(out.results_path));
@@ -197,7 +247,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   if (!results) {
     RunAttributes attrs;
     attrs.config_text = config_text;
-    attrs.backend = "cpu";
+    attrs.backend = backend->name();
     attrs.extra["experiment"] = cfg.run.experiment;
     attrs.extra["run"] = cfg.run.name;
     attrs.extra["data"] = data->name();
@@ -224,36 +274,32 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     Checkpoint ck;
     ck.step = step;
     ck.config_text = config_text;
-    ck.params = store_tensors(model.store);
-    ck.optimizer = adam.state_tensors();
+    ck.params = backend->param_tensors();
+    ck.optimizer = backend->optimizer_tensors();
     ck.rng_state = {uint64_t(tc.seed)};
     ck.data_cursor = {step * tc.grad_accum};
-    ck.meta["backend"] = "cpu";
+    ck.meta["backend"] = backend->name();
     save_checkpoint(path, ck);
   };
 
   Progress progress(opt.quiet);
-  progress.message("hysim train: " + std::to_string(model.store.size()) + " parameters, " + data->name() +
-                   ", results " + out.results_path);
-  const double flops_per_step = 3.0 * double(model.forward_flops(B, T)) * double(tc.grad_accum);
+  progress.message("hysim train: " + std::to_string(backend->n_params()) + " parameters on " +
+                   backend->description() + ", " + data->name() + ", results " + out.results_path);
+  const double flops_per_step = 3.0 * double(model_forward_flops(cfg.model, B, T)) * double(tc.grad_accum);
   const int64_t tokens_per_step = B * T * tc.grad_accum;
   Batch batch;
   const auto t_start = std::chrono::steady_clock::now();
   for (int64_t step = start; step < end_step; ++step) {
-    model.store.zero_grad();
+    backend->zero_grad();
     double loss = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       data->train_batch(step * tc.grad_accum + micro, B, T, batch);
-      const StepStats s = model.forward_backward(batch.tokens.data(), batch.targets.data(), batch.loss_mask.data(),
-                                                 B, T, tc.z_loss, true);
+      const StepStats s = backend->forward_backward(batch, tc.z_loss, true);
       loss += s.loss / double(tc.grad_accum);
     }
-    if (tc.grad_accum > 1)
-      for (float& g : model.store.grad) g /= float(tc.grad_accum);
+    if (tc.grad_accum > 1) backend->scale_grad(1.0 / double(tc.grad_accum));
     const double lr = lr_at(sched, step, branch);
-    const double gnorm = std::isfinite(loss) ? adam.update(model.store.value.data(), model.store.grad.data(), lr,
-                                                           tc.grad_clip)
-                                             : std::nan("");
+    const double gnorm = std::isfinite(loss) ? backend->update(lr, tc.grad_clip) : std::nan("");
     if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
       const std::string what = !std::isfinite(loss) ? "loss" : "gradient norm";
       const std::string msg = "non-finite " + what + " at step " + std::to_string(step) + " (loss " +
@@ -274,7 +320,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - t_start).count();
     const double tok_s = double((step + 1 - start) * tokens_per_step) / std::max(elapsed, 1e-9);
-    if (eval_now) out.val_loss = evaluate(model, *data, B, T, tc.eval_batches).loss;
+    if (eval_now) out.val_loss = backend->evaluate(*data, tc.eval_batches).loss;
     if (log_now) {
       MetricsRow row;
       row.step = step + 1;
@@ -308,8 +354,8 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   for (int64_t L : cfg.eval.lengths) {
     const ModelConfig eval_model = eval_model_config(cfg, L);
     const EvalStats e = L == T && eval_model == cfg.model
-                            ? evaluate(model, *data, B, T, tc.eval_batches)
-                            : evaluate_at_length(eval_model, model.store, *data, B, L, tc.eval_batches);
+                            ? backend->evaluate(*data, tc.eval_batches)
+                            : backend->evaluate_at_length(eval_model, *data, L, tc.eval_batches);
     results->set_eval(cfg.data.source, L, e.accuracy, e.loss, out.steps_done);
     progress.message("eval " + cfg.data.source + " at length " + std::to_string(L) + ": accuracy " +
                      std::to_string(e.accuracy) + ", loss " + std::to_string(e.loss));

@@ -235,10 +235,10 @@ template <class T> void Model<T>::forward_logits(const int32_t* tokens, int64_t 
   lm_head_logits(logits, acts.normed, params.lm_head, B * Tn, cfg.d_model, cfg.vocab_size);
 }
 
-template <class T> int64_t Model<T>::forward_flops(int64_t B, int64_t Tn) const {
+int64_t model_forward_flops(const ModelConfig& cfg, int64_t B, int64_t Tn) {
   const int64_t N = B * Tn, D = cfg.d_model;
   int64_t f = 2 * N * D * cfg.vocab_size + rmsnorm_flops(N, D);
-  for (char l : letters) {
+  for (char l : expand_pattern(cfg.pattern, cfg.n_layers)) {
     switch (l) {
       case 'A': case 'W': f += attention_flops(attention_config(cfg, l), B, Tn); break;
       case 'G': f += gdn_flops(gdn_config(cfg), B, Tn); break;

@@ -136,6 +136,9 @@ struct StepStats {
   int64_t n_correct = 0;    // argmax == target among counted positions
 };
 
+// Forward FLOPs of one batch of B x Tn tokens (exact per-layer counts, 2 per multiply-add).
+int64_t model_forward_flops(const ModelConfig& cfg, int64_t B, int64_t Tn);
+
 template <class T> class Model {
  public:
   // Sizes activations for batches of up to B sequences of up to Tn tokens.
@@ -165,8 +168,8 @@ template <class T> class Model {
   // Gradient w.r.t. the embedding output of the last forward_backward (for tests): [B*Tn, D].
   const std::vector<T>& d_embedding() const { return d_embed_; }
 
-  // Forward FLOPs of one batch (exact per-layer counts).
-  int64_t forward_flops(int64_t B, int64_t Tn) const;
+  // Forward FLOPs of one batch (exact per-layer counts): model_forward_flops.
+  int64_t forward_flops(int64_t B, int64_t Tn) const { return model_forward_flops(cfg, B, Tn); }
 
  private:
   void forward_blocks(const int32_t* tokens, int64_t B, int64_t Tn);
