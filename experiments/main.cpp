@@ -134,8 +134,9 @@ int cmd_info(int argc, char** argv) {
   mo.micro_batch = std::stoll(opt(a, "micro-batch", std::to_string(cfg.train.batch_size)));
   mo.seq_len = std::stoll(opt(a, "seq-len", std::to_string(cfg.train.seq_len)));
   const int64_t bytes = std::stoll(opt(a, "bytes", "2"));
-  mo.param_bytes = mo.grad_bytes = mo.act_bytes = bytes;
-  mo.master_bytes = bytes >= 4 ? 0 : 4;
+  mo.param_bytes = mo.act_bytes = bytes;
+  mo.master_bytes = bytes >= 4 ? 0 : 4;  // below fp32, weights are a copy of fp32 master weights
+  mo.grad_bytes = std::max<int64_t>(bytes, mo.grad_bytes);
   std::printf("%s", accounting_report(cfg, mo).c_str());
   // Cross-check: the layers' own parameter declarations, counted without allocating.
   ModelParams<float> p;

@@ -91,7 +91,7 @@ double block_acts_per_token(const ModelConfig& m, char letter, int64_t seq_len);
 
 struct MemoryOptions {
   int64_t param_bytes = 2;      // weights as used by forward/backward (bf16 on GPU; 4 float, 8 double on CPU)
-  int64_t grad_bytes = 2;
+  int64_t grad_bytes = 4;       // fp32: the CUDA backend accumulates gradients for the fp32 master update
   int64_t act_bytes = 2;
   int64_t opt_state_bytes = 4;  // each of AdamW's m and v
   int64_t master_bytes = 4;     // fp32 master copy of the weights; 0 when the weights are the master
