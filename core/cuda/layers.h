@@ -143,5 +143,56 @@ void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, 
 template <class T>
 void mamba2_chunk_forward(Context& ctx, const Mamba2Config& c, T* y, T* chunk_states, const T* xbc, const T* dt,
                           const T* A, int64_t B, int64_t Tn);
+// hysim::mamba2_chunk_backward on the device: dxbc [B, Tn, conv_dim], ddt [B, Tn, H]
+// overwritten; dA [H] (fp32, a parameter-side gradient) OVERWRITTEN, summed over batches in
+// order. Heads of a group sum their dB, dC in head order (per-head rows in fp32 scratch,
+// 2 Tn H N floats per sequence; batches go in slices of what the scratch holds). No
+// atomics: deterministic. Shared memory per block: 2 P (N + 1) + 2 Q (P + 1) + 2 Q (N + 1)
+// + max(2 Q (Q + 1), Q (N + P + 2)) + 10 Q + 8 floats (headdim 64, d_state 128, chunk 64:
+// 213 KB); throws naming the need if the device has less.
+template <class T>
+void mamba2_chunk_backward(Context& ctx, const Mamba2Config& c, T* dxbc, T* ddt, float* dA, const T* dy, const T* xbc,
+                           const T* dt, const T* A, const T* chunk_states, int64_t B, int64_t Tn);
+
+// Full Mamba2 layer (layers/mamba2.cu), the CPU's mamba2_forward/backward on the device:
+// in_proj by three cuBLASLt GEMMs (its z | xBC | dt row blocks), the conv by
+// short_conv_forward/backward, dt = softplus(dt + dt_bias) and A = -exp(A_log) in fp32, the
+// chunked SSD core with the D term folded in, y silu(z), group RMSNorm (fp32 rstd), out_proj.
+// Only chunk_size > 0 (throws otherwise).
+struct Mamba2ActsCuda {
+  bf16* z = nullptr;             // [B, T, d_inner]   in_proj rows 0 .. d_inner (the gate)
+  bf16* xbc_in = nullptr;        // [B, T, conv_dim]  in_proj rows of xBC (the conv input)
+  float* dt_raw = nullptr;       // [B, T, H]         in_proj rows of dt, fp32 output
+  bf16* xbc_pre = nullptr;       // [B, T, conv_dim]  conv + bias, before SiLU
+  bf16* xbc = nullptr;           // [B, T, conv_dim]  (x | B | C) after SiLU
+  float* dt = nullptr;           // [B, T, H]         softplus(dt_raw + dt_bias)
+  bf16* y = nullptr;             // [B, T, d_inner]   SSM output + D x (before the gate)
+  bf16* y_gated = nullptr;       // [B, T, d_inner]   y silu(z)
+  float* rstd = nullptr;         // [B, T, G]
+  bf16* y_norm = nullptr;        // [B, T, d_inner]   out_proj input
+  bf16* chunk_states = nullptr;  // [B, H, n_chunks, P, N] state entering each chunk
+};
+// Binds every field: v(field, "name", numel) with field a bf16*& or float*& (the model
+// sizes its activation arena with this, as the CPU's visit_acts).
+template <class V> void visit_acts(const Mamba2Config& c, int64_t B, int64_t Tn, Mamba2ActsCuda& a, V&& v) {
+  const int64_t BT = B * Tn, DI = c.d_inner(), CD = c.conv_dim(), H = c.n_heads();
+  v(a.z, "z", BT * DI);
+  v(a.xbc_in, "xbc_in", BT * CD);
+  v(a.dt_raw, "dt_raw", BT * H);
+  v(a.xbc_pre, "xbc_pre", BT * CD);
+  v(a.xbc, "xbc", BT * CD);
+  v(a.dt, "dt", BT * H);
+  v(a.y, "y", BT * DI);
+  v(a.y_gated, "y_gated", BT * DI);
+  v(a.rstd, "rstd", BT * c.n_groups);
+  v(a.y_norm, "y_norm", BT * DI);
+  v(a.chunk_states, "chunk_states", B * H * c.n_chunks(Tn) * c.headdim * c.d_state);
+}
+void mamba2_forward(Context& ctx, const Mamba2Config& c, const Mamba2Params<bf16>& p, const Mamba2ActsCuda& a, bf16* y,
+                    const bf16* x, int64_t B, int64_t Tn);
+// dx overwritten, grad.* (fp32) accumulated, deterministically. Scratch per token:
+// d_in_proj + 2 d_inner + 2 conv_dim bf16 + (H + 1) fp32, plus the core's (above).
+void mamba2_backward(Context& ctx, const Mamba2Config& c, const Mamba2Params<bf16>& p, const Mamba2Params<float>& grad,
+                     const Mamba2ActsCuda& a, bf16* dx, const bf16* dy, const bf16* x, int64_t B, int64_t Tn);
 
 }  // namespace hysim::cuda
