@@ -40,10 +40,11 @@ if(HYSIM_CUDA)
     endforeach()
     hysim_cuda_host_flags(layer_${name}_cuda)
   endfunction()
-  foreach(l rmsnorm swiglu_mlp embedding lm_head short_conv gated_deltanet)
+  foreach(l rmsnorm swiglu_mlp embedding lm_head short_conv)
     hysim_layer_cuda(${l})
   endforeach()
   hysim_layer_cuda(attention rmsnorm)
+  hysim_layer_cuda(gated_deltanet short_conv rmsnorm)
   hysim_layer_cuda(mamba2 short_conv)
 
   # GPU tests: tests/test_cuda_<name>.cpp, label gpu; each exits 0 with a skip message

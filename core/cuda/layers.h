@@ -133,6 +133,77 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);
+// hysim::gdn_chunk_backward on the device: dq, dk, dv, dbeta, dg overwritten (shaped like q,
+// k, v, beta, g), from the chunk_states the forward saved. A cluster of blocks per (batch,
+// value head), each a slice of the value columns (as few slices as fit shared memory, more
+// while the grid has fewer blocks than SMs; at most 8), slices summed in order through
+// distributed shared memory. Value heads of a q/k head (Hv > H) are summed in order from
+// fp32 scratch (2 B Tn Hv dk floats). Deterministic (no atomics). Shared memory per block:
+// (dvs + 4 C)(dk + 1) + max(dvs (dk + 1), C (C + 1)) + 3 C (dvs + 1) + max(C (C + 1), C (dk - dvs))
+// + C (C + 1) + 8 C + 32 floats for dvs value columns per slice (Olmo Hybrid's
+// dk 96, dv 192, C 64: 4 slices of 48, 205 KB); throws naming the need if even 8 slices do not fit.
+template <class T>
+void gdn_chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, T* dbeta, T* dg, const T* d_o,
+                        const T* q, const T* k, const T* v, const T* beta, const T* g, const T* chunk_states,
+                        int64_t B, int64_t Tn);
+
+// Full GDN layer (layers/gated_deltanet.cu), the CPU's gdn_forward/backward on the device:
+// projections by cuBLASLt, the q/k/v convs + SiLU by short_conv_forward/backward, L2 norm of
+// q and k per head, beta and g, the chunked core, gated RMSNorm, o_proj. Only chunk_size > 0
+// (throws otherwise). bf16 tensors; fp32 for the statistics (rstd) and for a_in, beta and g:
+// g is summed over a chunk and exponentiated (a bf16 g, 2^-9 relative, would move the decays
+// of a 64-token chunk by up to ~1%), and beta, a_in feed the sigmoid / softplus derivatives.
+struct GdnActsCuda {
+  bf16* q_in = nullptr;          // [B, T, H dk]   q_proj output (conv input)
+  bf16* q_pre = nullptr;         // [B, T, H dk]   conv output before SiLU
+  bf16* q = nullptr;             // [B, T, H dk]   L2-normalised q (core input)
+  float* q_rstd = nullptr;       // [B, T, H]      1 / sqrt(sum q^2 + l2_eps)
+  bf16* k_in = nullptr;          // [B, T, H dk]
+  bf16* k_pre = nullptr;         // [B, T, H dk]
+  bf16* k = nullptr;             // [B, T, H dk]
+  float* k_rstd = nullptr;       // [B, T, H]
+  bf16* v_in = nullptr;          // [B, T, Hv dv]
+  bf16* v_pre = nullptr;         // [B, T, Hv dv]
+  bf16* v = nullptr;             // [B, T, Hv dv]  silu(conv) (core input)
+  float* a_in = nullptr;         // [B, T, Hv]     a_proj output
+  float* beta = nullptr;         // [B, T, Hv]
+  float* g = nullptr;            // [B, T, Hv]     log decay
+  bf16* o = nullptr;             // [B, T, Hv dv]  core output
+  float* o_rstd = nullptr;       // [B, T, Hv]
+  bf16* gate = nullptr;          // [B, T, Hv dv]  g_proj output
+  bf16* o_gated = nullptr;       // [B, T, Hv dv]  o_proj input
+  bf16* chunk_states = nullptr;  // [B, Hv, n_chunks, dv, dk] state entering each chunk
+};
+// Binds every field: v(field, "name", numel) with field a bf16*& or float*& (the model sizes
+// its activation arena with this, as the CPU's visit_acts).
+template <class V> void visit_acts(const GdnConfig& c, int64_t B, int64_t Tn, GdnActsCuda& a, V&& v) {
+  const int64_t BT = B * Tn, QK = c.d_qk(), DV = c.d_v(), H = c.n_heads, Hv = c.n_v_heads;
+  v(a.q_in, "q_in", BT * QK);
+  v(a.q_pre, "q_pre", BT * QK);
+  v(a.q, "q", BT * QK);
+  v(a.q_rstd, "q_rstd", BT * H);
+  v(a.k_in, "k_in", BT * QK);
+  v(a.k_pre, "k_pre", BT * QK);
+  v(a.k, "k", BT * QK);
+  v(a.k_rstd, "k_rstd", BT * H);
+  v(a.v_in, "v_in", BT * DV);
+  v(a.v_pre, "v_pre", BT * DV);
+  v(a.v, "v", BT * DV);
+  v(a.a_in, "a_in", BT * Hv);
+  v(a.beta, "beta", BT * Hv);
+  v(a.g, "g", BT * Hv);
+  v(a.o, "o", BT * DV);
+  v(a.o_rstd, "o_rstd", BT * Hv);
+  v(a.gate, "gate", BT * DV);
+  v(a.o_gated, "o_gated", BT * DV);
+  v(a.chunk_states, "chunk_states", B * Hv * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
+}
+void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnActsCuda& a, bf16* y,
+                 const bf16* x, int64_t B, int64_t Tn);
+// dx overwritten, grad.* (fp32) accumulated. Scratch: 4 Hv dv + 2 H dk + max(H dk, Hv dv) + 2 Hv
+// bf16 and 2 Hv floats per token, plus what the core, rmsnorm and short_conv backwards take.
+void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnParams<float>& grad,
+                  const GdnActsCuda& a, bf16* dx, const bf16* dy, const bf16* x, int64_t B, int64_t Tn);
 
 // ---- Mamba2 chunked SSD core (layers/mamba2.cu) -------------------------------------
 // hysim::mamba2_chunk_forward on the device, same layouts: xbc [B, Tn, conv_dim] = (x [H, P]
