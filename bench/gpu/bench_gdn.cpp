@@ -1,6 +1,7 @@
-// Gated DeltaNet chunked core forward on the GPU (layers/gated_deltanet.cu) at Olmo Hybrid's
-// head shape (30 heads, dk 96, dv 192, chunk 64), timed with CUDA events (median after
-// warm-up, random inputs: L2-normalised q, k; beta in (0, 2); log decays in (-2, 0)).
+// Gated DeltaNet chunked core on the GPU (layers/gated_deltanet.cu) at Olmo Hybrid's head
+// shape (30 heads, dk 96, dv 192, chunk 64): the forward, the backward (from the saved chunk
+// states) and forward + backward, timed with CUDA events (median after warm-up, random
+// inputs: L2-normalised q, k; beta in (0, 2); log decays in (-2, 0); dO standard normal).
 // Prints a table and `RESULT <name> <ms>` lines that bench/gpu/gdn_peer.py reads for the
 // ratio against a chunked GDN forward written in PyTorch, run on the same GPU.
 //   bench_gpu_gdn
@@ -48,6 +49,24 @@ template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t T
   const double ms = median_ms(ctx, [&] { gdn_chunk_forward(ctx, c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn); }, 2, 10);
   std::printf("%-34s %9.3f\n", name, ms);
   std::printf("RESULT %s %.4f\n", name, ms);
+
+  std::vector<float> d_o(nv);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nv; ++i) d_o[i] = float(r.normal(2 * nqk + nv + 2 * ng + i));
+  const T* do_d = upload<T>(ctx, arena, d_o);
+  T *dq = arena.alloc<T>(nqk), *dk = arena.alloc<T>(nqk), *dv = arena.alloc<T>(nv), *db = arena.alloc<T>(ng),
+    *dg = arena.alloc<T>(ng);
+  auto backward = [&] { gdn_chunk_backward(ctx, c, dq, dk, dv, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, B, Tn); };
+  const double bwd = median_ms(ctx, backward, 2, 10);
+  const double both = median_ms(ctx, [&] {
+    gdn_chunk_forward(ctx, c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn);
+    backward();
+  }, 2, 10);
+  const std::string nb = std::string(name) + "_bwd", nfb = std::string(name) + "_fwdbwd";
+  std::printf("%-34s %9.3f\n", nb.c_str(), bwd);
+  std::printf("RESULT %s %.4f\n", nb.c_str(), bwd);
+  std::printf("%-34s %9.3f\n", nfb.c_str(), both);
+  std::printf("RESULT %s %.4f\n", nfb.c_str(), both);
 }
 
 int main() {
@@ -57,7 +76,7 @@ int main() {
   }
   std::printf("device: %s\n", device_summary().c_str());
   Context ctx(size_t(64) << 20);
-  std::printf("%-34s %9s\n", "shape (H 30, dk 96, dv 192, C 64)", "fwd ms");
+  std::printf("%-34s %9s\n", "shape (H 30, dk 96, dv 192, C 64)", "ms");
   run<bf16>(ctx, "gdn_fwd_B4_T4096_bf16", 4, 4096);
   run<float>(ctx, "gdn_fwd_B4_T4096_fp32", 4, 4096);
   return 0;
