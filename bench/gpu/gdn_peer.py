@@ -4,13 +4,21 @@ with a loop over chunks, at the same shape, timed with CUDA events (median after
 It first checks itself against the token-by-token recurrence in float64 on a small problem
 and prints the relative error, so that a wrong peer cannot pass unnoticed.
 
-    python3 bench/gpu/gdn_peer.py [--ours FILE]   (FILE: bench_gpu_gdn's output)
+Second peer, when flash-linear-attention (FLA) imports (brought as source: PYTHONPATH=.peer):
+its Triton chunk_gated_delta_rule, forward and forward + backward (dq, dk, dv, dbeta, dg from a
+random dO), bf16 q/k/v/beta and fp32 log decays, in FLA's own [B, T, H, d] layout, at the same
+shape. Its forward and gradients are first compared on a short problem with the float64 chunked
+peer above (autograd through it for the gradients), so the #640 guard bypass (see
+peer_common.fla_bypass_hopper_guard) shows how wrong its gradients are on this Triton.
+
+    PYTHONPATH=.peer python3 bench/gpu/gdn_peer.py [--ours FILE]   (FILE: bench_gpu_gdn's output)
 """
 import argparse
+import time
 
 import torch
 
-from peer_common import median_ms, read_ours
+from peer_common import fla_bypass_hopper_guard, fla_describe, median_ms, read_ours
 
 
 def gdn_chunk_forward(q, k, v, beta, g, C=64):
@@ -81,6 +89,71 @@ def main():
         o = ours.get(name, (float("nan"),))[0]
         print(f"{name:30s} {ms:9.3f} {o:9.3f} {ms / o:6.2f}")
     print("peer: PyTorch eager fp32 chunked forward; ratio = peer ms / ours ms (> 1: ours faster)")
+    try:
+        fla_peer(ours)
+    except Exception:  # noqa: BLE001 (the eager figures above stand on their own)
+        import traceback
+        traceback.print_exc()
+        print("FLA peer failed (traceback above)")
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def fla_peer(ours, B=4, H=30, T=4096, dk=96, dv=192):
+    desc = fla_describe()
+    if desc is None:
+        print("FLA peer skipped (flash-linear-attention not importable)")
+        return
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    note = fla_bypass_hopper_guard()
+    t0 = time.time()
+    print(f"\nFLA peer: {desc}, chunk_gated_delta_rule, chunk 64")
+    if note:
+        print(note)
+
+    def to_fla(x):  # [B, H, T, ...] -> [B, T, H, ...], contiguous
+        return x.transpose(1, 2).contiguous()
+
+    # self-check on a small problem against the float64 chunked peer (autograd for the gradients)
+    torch.manual_seed(1)
+    x64 = [t.requires_grad_() for t in inputs(1, H, 256, dk, dv, torch.float64)]
+    ref = gdn_chunk_forward(*x64)
+    do = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, x64, do)
+    for dt in (torch.bfloat16,):  # the timed dtype (each extra dtype costs its own Triton autotuning)
+        try:
+            xf = [to_fla(t.detach().to(dt if i < 4 else torch.float32)).requires_grad_() for i, t in enumerate(x64)]
+            o, _ = chunk_gated_delta_rule(*xf[:3], g=xf[4], beta=xf[3], scale=dk ** -0.5)
+            grads = torch.autograd.grad(o, xf, to_fla(do).to(o.dtype))
+            errs = " ".join(f"d{n} {rel(gr.transpose(1, 2), rg):.1e}"
+                            for n, gr, rg in zip(("q", "k", "v", "beta", "g"), grads, ref_grads))
+            print(f"[{time.time() - t0:4.0f} s] self-check vs float64 chunked peer (B1 H30 T256), FLA {str(dt)[6:]} q/k/v/beta: "
+                  f"rel err out {rel(o.transpose(1, 2), ref):.1e}; {errs}")
+        except Exception as e:  # noqa: BLE001 (report and go on to the timing)
+            print(f"self-check with FLA {str(dt)[6:]} inputs failed: {type(e).__name__}: {e}")
+
+    torch.manual_seed(0)
+    q, k, v, beta, g = (to_fla(t) for t in inputs(B, H, T, dk, dv, torch.float32))
+    q, k, v, beta = (t.to(torch.bfloat16) for t in (q, k, v, beta))
+    with torch.no_grad():
+        fwd = median_ms(lambda: chunk_gated_delta_rule(q, k, v, g=g, beta=beta))
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, g, beta)]
+    do = torch.randn(B, T, H, dv, device="cuda", dtype=torch.bfloat16)
+
+    def fwd_bwd():
+        o, _ = chunk_gated_delta_rule(*leaves[:3], g=leaves[3], beta=leaves[4])
+        torch.autograd.grad(o, leaves, do)
+
+    both = median_ms(fwd_bwd)
+    print(f"[{time.time() - t0:4.0f} s] (the first calls include Triton's compiling and autotuning)")
+    print(f"{'FLA, B4 T4096 H30 dk96 dv192 bf16':34s} {'FLA ms':>9s} {'ours ms':>9s} {'ratio':>6s}")
+    for what, ms, key in (("fwd", fwd, "gdn_fwd_B4_T4096_bf16"), ("bwd (fwd+bwd - fwd)", both - fwd,
+                          "gdn_fwd_B4_T4096_bf16_bwd"), ("fwd+bwd", both, "gdn_fwd_B4_T4096_bf16_fwdbwd")):
+        o = ours.get(key, (float("nan"),))[0]
+        print(f"{what:34s} {ms:9.3f} {o:9.3f} {ms / o:6.2f}")
+    print("ratio = FLA ms / ours ms (> 1: ours faster)" + (" -- " + note if note else ""))
 
 
 if __name__ == "__main__":
