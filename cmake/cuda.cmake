@@ -24,6 +24,7 @@ if(HYSIM_CUDA)
   endfunction()
 
   file(GLOB HYSIM_CUDA_SRCS CONFIGURE_DEPENDS core/cuda/*.cu core/cuda/*.cpp)
+  list(FILTER HYSIM_CUDA_SRCS EXCLUDE REGEX "train_backend\\.cpp$")  # part of hysim_train (below)
   add_library(hysim_cuda STATIC ${HYSIM_CUDA_SRCS})
   target_link_libraries(hysim_cuda PUBLIC hysim_core CUDA::cudart CUDA::cublasLt)
   hysim_cuda_host_flags(hysim_cuda)
@@ -47,6 +48,21 @@ if(HYSIM_CUDA)
   hysim_layer_cuda(gated_deltanet short_conv rmsnorm)
   hysim_layer_cuda(mamba2 short_conv)
 
+  # The model on the GPU (layers/model.cu) and the CUDA training backend, compiled into
+  # the trainer so that `hysim train --run.device=cuda` runs it.
+  if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/layers/model.cu)
+    add_library(layer_model_cuda STATIC layers/model.cu)
+    target_link_libraries(layer_model_cuda PUBLIC layer_model layer_rmsnorm_cuda layer_embedding_cuda
+                          layer_swiglu_mlp_cuda layer_lm_head_cuda layer_attention_cuda layer_gated_deltanet_cuda
+                          layer_mamba2_cuda)
+    hysim_cuda_host_flags(layer_model_cuda)
+    if(TARGET hysim_train)
+      target_sources(hysim_train PRIVATE core/cuda/train_backend.cpp)
+      target_link_libraries(hysim_train PUBLIC layer_model_cuda)
+      target_compile_definitions(hysim_train PRIVATE HYSIM_HAVE_CUDA=1)
+    endif()
+  endif()
+
   # GPU tests: tests/test_cuda_<name>.cpp, label gpu; each exits 0 with a skip message
   # when no GPU is present.
   function(hysim_cuda_test name)
@@ -69,6 +85,12 @@ if(HYSIM_CUDA)
   hysim_cuda_test(attention LIBS layer_attention_cuda)
   hysim_cuda_test(gated_deltanet LIBS layer_gated_deltanet_cuda)
   hysim_cuda_test(mamba2 LIBS layer_mamba2_cuda)
+  if(TARGET hysim_train AND TARGET layer_model_cuda)
+    hysim_cuda_test(model LIBS hysim_train)
+    target_compile_definitions(test_cuda_model PRIVATE HYSIM_SOURCE_DIR="${CMAKE_CURRENT_SOURCE_DIR}")
+    add_executable(bench_gpu_model bench/gpu/bench_model.cpp)
+    target_link_libraries(bench_gpu_model PRIVATE hysim_train)
+  endif()
   hysim_cuda_test(short_conv LIBS layer_short_conv_cuda)
 
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/bench/gpu/bench_gemm.cpp)

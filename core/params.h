@@ -49,6 +49,8 @@ template <class T> void init_values(T* p, const ParamSpec& s, const std::string&
   CounterRng rng(seed, hash_name(full_name));
   const int64_t n = s.numel();
   const Init& in = s.init;
+  // Each value is a function of (seed, name, i) only, so threads may split the range.
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i) {
     double v = 0;
     switch (in.kind) {

@@ -161,6 +161,16 @@ TEST_CASE("trainer: bad inputs are refused with a message naming them") {
   CHECK(cli_error("-c /nonexistent/run.ini").find("config file /nonexistent/run.ini does not exist") !=
         std::string::npos);
   CHECK(cli_error("--frobnicate").find("unknown option --frobnicate") != std::string::npos);
+  // run.device = cuda where the binary or the machine has no GPU: refused naming the key and
+  // the reason, before anything is written (a CUDA build on a GPU machine trains instead).
+  ov = with(tiny_overrides(out, "on_gpu", 10), "run.device", "cuda");
+  try {
+    train(parse_config("", ov), o);
+  } catch (const std::runtime_error& e) {
+    MESSAGE(std::string(e.what()));
+    CHECK(std::string(e.what()).rfind("run.device = cuda: ", 0) == 0);
+    CHECK(!fs::exists(out / "t" / "on_gpu.h5"));
+  }
 }
 
 TEST_CASE("trainer: WSDS main run saves stable checkpoints; a branch decays from one to min lr") {

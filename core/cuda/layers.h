@@ -104,6 +104,22 @@ struct AttentionActsCuda {
   bf16* o = nullptr;       // [B, T, H dh]    core output
   float* lse = nullptr;    // [B, H, T]
 };
+// Binds every field: v(field, "name", numel) with field a bf16*& or float*& (the model sizes
+// its activation arena with this, as the CPU's visit_acts).
+template <class V> void visit_acts(const AttentionConfig& c, int64_t B, int64_t Tn, AttentionActsCuda& a, V&& v) {
+  const int64_t BT = B * Tn, QD = c.q_dim(), KD = c.kv_dim();
+  if (c.qk_norm) {
+    v(a.q_raw, "q_raw", BT * QD);
+    v(a.k_raw, "k_raw", BT * KD);
+    v(a.q_rstd, "q_rstd", BT);
+    v(a.k_rstd, "k_rstd", BT);
+  }
+  v(a.q, "q", BT * QD);
+  v(a.k, "k", BT * KD);
+  v(a.v, "v", BT * KD);
+  v(a.o, "o", BT * QD);
+  v(a.lse, "lse", BT * c.n_heads);
+}
 void attention_forward(Context& ctx, const AttentionConfig& c, const AttentionParams<bf16>& p,
                        const AttentionActsCuda& a, const float* rope_table, bf16* y, const bf16* x, int64_t B,
                        int64_t Tn);

@@ -1,0 +1,103 @@
+// The model of layers/model.h on one GPU (implemented in layers/model.cu): the same
+// pattern of blocks, norm placements and parameter layout, with the CUDA layers of
+// core/cuda/layers.h.
+//
+// Precision (DESIGN.md, GPUs): the layers read bf16 weights and keep bf16 activations
+// (the residual stream and its gradient included), with fp32 statistics and fp32
+// accumulation; parameter gradients and the master weights are fp32. The flat fp32 arrays
+// (master, grad) have the CPU ParamStore's layout (same names, order and offsets), so the
+// AdamW groups, checkpoints and initial values are those of the CPU model: a checkpoint
+// written by one backend loads in the other.
+//
+// Memory: one arena for parameters, gradients and batch inputs, one for the activations
+// saved for the backward (sized by the layers' visit_acts), one for the backward's
+// residual-gradient buffers; the layers' temporaries come from ctx.scratch. Nothing is
+// allocated while training runs.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/cuda/arena.h"
+#include "core/cuda/context.h"
+#include "core/cuda/layers.h"
+#include "core/model_config.h"
+#include "core/params.h"
+#include "layers/model.h"
+
+namespace hysim::cuda {
+
+struct DeviceBlockActs {
+  bf16* x = nullptr;          // block input (residual stream)
+  bf16* norm1 = nullptr;      // pre: norm(x); reordered: f(x)
+  float* rstd1 = nullptr;
+  bf16* mixer_out = nullptr;  // pre: f(norm(x)); reordered: norm(f(x))
+  bf16* h = nullptr;          // after the mixer residual
+  bf16* norm2 = nullptr;
+  float* rstd2 = nullptr;
+  bf16* mlp_out = nullptr;
+  AttentionActsCuda attn;
+  GdnActsCuda gdn;
+  Mamba2ActsCuda m2;
+  SwiGLUActs<bf16> mlp;
+};
+
+class DeviceModel {
+ public:
+  // Sizes everything for batches of up to B sequences of up to Tn tokens. Throws
+  // std::invalid_argument for configurations the CUDA layers do not support (naming the
+  // key): attention d_head other than 64/128, unchunked GDN/Mamba2.
+  DeviceModel(Context& ctx, const ModelConfig& cfg, int64_t B, int64_t Tn);
+
+  // Bytes of ctx.scratch the layers' temporaries need at most for batches of B x Tn
+  // (the LM head's logit chunks or the largest layer backward, whichever is more).
+  static size_t scratch_bytes(const ModelConfig& cfg, int64_t B, int64_t Tn);
+
+  const ModelConfig cfg;
+  const std::string letters;
+  const int64_t max_B, max_T;
+
+  // The CPU's parameter layout (host side: names, shapes, offsets, init).
+  ParamStore<float> layout;     // value/grad vectors left empty
+  int64_t n_params() const { return n_params_; }
+  float* master() { return master_; }  // fp32 [n_params]
+  bf16* weights() { return weights_; }  // bf16 copy the layers read
+  float* grad() { return grad_; }       // fp32 [n_params]
+
+  // Initial values exactly as the CPU model (ParamStore::init), uploaded.
+  void init(uint64_t seed);
+  // fp32 values in the layout's order (n_params of them): uploaded to master and weights.
+  void set_values(const std::vector<float>& values);
+  std::vector<float> values();  // master, downloaded
+  void zero_grad();
+  void scale_grad(float s);
+
+  // As Model::forward_backward; tokens, targets and loss_mask (may be null) on the HOST.
+  // Parameter gradients accumulate into grad(). Synchronizes (the loss is returned).
+  StepStats forward_backward(const int32_t* tokens, const int32_t* targets, const float* loss_mask, int64_t B,
+                             int64_t Tn, double z_loss, bool compute_grad);
+
+  // Bytes on the device: parameters + gradients + master, activations, backward buffers.
+  size_t param_bytes() const { return params_arena_.capacity(); }
+  size_t activation_bytes() const { return acts_arena_.capacity() + grads_arena_.capacity(); }
+
+ private:
+  Context& ctx_;
+  int64_t n_params_ = 0;
+  DeviceArena params_arena_, acts_arena_, grads_arena_;
+  float *master_ = nullptr, *grad_ = nullptr;
+  bf16* weights_ = nullptr;
+  ModelParams<bf16> params_;
+  ModelParams<float> grads_;
+  std::vector<DeviceBlockActs> blocks_;
+  bf16 *x_final_ = nullptr, *normed_ = nullptr;
+  float* rstd_ = nullptr;
+  int32_t *tokens_ = nullptr, *targets_ = nullptr;
+  float* loss_mask_ = nullptr;
+  float* rope_table_ = nullptr;           // [max_T, d_head] (RoPE / YaRN of the attention layers)
+  bf16 *d_normed_ = nullptr, *dy_ = nullptr, *dx_ = nullptr, *dh_ = nullptr, *dtmp_ = nullptr;
+
+  void forward_blocks(int64_t B, int64_t Tn);
+};
+
+}  // namespace hysim::cuda

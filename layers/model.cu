@@ -1,0 +1,319 @@
+// The model on one GPU (core/cuda/model.h): the block walk of layers/model.cpp with the
+// CUDA layers. Kept line for line parallel to the CPU's forward_blocks/forward_backward
+// so that the two can be read side by side.
+#include <stdexcept>
+#include <string>
+
+#include "core/cuda/check.h"
+#include "core/cuda/device_util.cuh"
+#include "core/cuda/model.h"
+
+namespace hysim::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// out = a + b (the residual add), fp32 arithmetic, one rounding.
+__global__ void residual_add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_f32<bf16>(to_f32(a[i]) + to_f32(b[i]));
+}
+__global__ void scale_kernel(float* x, float s, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] *= s;
+}
+int grid_for(int64_t n) { return int(std::min<int64_t>(ceil_div(n, kThreads), 4096)); }
+
+void residual_add(Context& ctx, bf16* out, const bf16* a, const bf16* b, int64_t n) {
+  residual_add_kernel<<<grid_for(n), kThreads, 0, ctx.stream>>>(out, a, b, n);
+  CUDA_CHECK_LAUNCH("residual_add", shape_str("n", n));
+}
+
+// Sub-block forward: out = x + [pre] f(norm(x)) | [reordered] norm(f(x)).
+template <class F>
+void residual_forward(Context& ctx, NormPlacement place, F f, const bf16* norm_w, double eps, const bf16* x,
+                      bf16* buf_norm, float* rstd, bf16* buf_out, bf16* out, int64_t N, int64_t D) {
+  if (place == NormPlacement::pre) {
+    rmsnorm_forward(ctx, buf_norm, rstd, x, norm_w, N, D, eps);
+    f(buf_out, buf_norm);
+  } else {
+    f(buf_norm, x);
+    rmsnorm_forward(ctx, buf_out, rstd, buf_norm, norm_w, N, D, eps);
+  }
+  residual_add(ctx, out, x, buf_out, N * D);
+}
+
+// Sub-block backward: dx = dy + d/dx of the branch; f_bwd(dx_branch, dy_branch, x_branch)
+// overwrites dx_branch. tmp: [N, D] scratch.
+template <class FB>
+void residual_backward(Context& ctx, NormPlacement place, FB f_bwd, const bf16* norm_w, float* dnorm_w,
+                       const bf16* x, const bf16* buf_norm, const float* rstd, bf16* dx, const bf16* dy, bf16* tmp,
+                       int64_t N, int64_t D) {
+  if (place == NormPlacement::pre) {
+    f_bwd(tmp, dy, buf_norm);                                      // tmp = d norm(x)
+    rmsnorm_backward(ctx, dx, dnorm_w, tmp, x, norm_w, rstd, N, D);  // dx = d branch / dx
+  } else {
+    rmsnorm_backward(ctx, tmp, dnorm_w, dy, buf_norm, norm_w, rstd, N, D);  // tmp = d f(x)
+    f_bwd(dx, tmp, x);
+  }
+  residual_add(ctx, dx, dx, dy, N * D);
+}
+
+void check_supported(const ModelConfig& m, const std::string& letters) {
+  for (char l : letters) {
+    if ((l == 'A' || l == 'W') && m.d_head != 64 && m.d_head != 128)
+      throw std::invalid_argument("model.d_head = " + std::to_string(m.d_head) +
+                                  ": the CUDA attention kernel supports head dimensions 64 and 128");
+    if (l == 'G' && m.gdn_chunk <= 0)
+      throw std::invalid_argument("model.gdn_chunk = 0 (token-by-token recurrence) is CPU-only: the CUDA GDN is chunked");
+    if (l == 'M' && m.m2_chunk <= 0)
+      throw std::invalid_argument("model.m2_chunk = 0 (token-by-token recurrence) is CPU-only: the CUDA Mamba2 is chunked");
+  }
+}
+
+// Binds pointers to consecutive kAlign-rounded slices of an arena, in two passes: count,
+// then allocate (the arena is sized exactly once).
+struct ArenaPlan {
+  size_t bytes = 0;
+  template <class P> void count(P*&, const char*, int64_t n) { bytes += DeviceArena::round_up(size_t(n) * sizeof(P)); }
+};
+
+}  // namespace
+
+DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t Tn)
+    : cfg(c), letters(expand_pattern(c.pattern, c.n_layers)), max_B(B), max_T(Tn), ctx_(ctx) {
+  check_supported(cfg, letters);
+  // Parameter layout from the CPU's visit (names, shapes, offsets); values stay on the host side empty.
+  {
+    ModelParams<float> host_values, host_grads;
+    layout.build(host_values, host_grads, [&](ModelParams<float>& p, auto&& v) { visit_params(cfg, p, v); });
+    n_params_ = layout.size();
+    layout.value.clear();
+    layout.value.shrink_to_fit();
+    layout.grad.clear();
+    layout.grad.shrink_to_fit();
+  }
+  const int64_t N = B * Tn, D = cfg.d_model, P = n_params_;
+  const int64_t rope_dh = cfg.d_head;
+  {
+    ArenaPlan plan;
+    plan.count(master_, "", P);
+    plan.count(grad_, "", P);
+    plan.count(weights_, "", P);
+    plan.count(tokens_, "", N);
+    plan.count(targets_, "", N);
+    plan.count(loss_mask_, "", N);
+    plan.count(rope_table_, "", Tn * rope_dh);
+    params_arena_ = DeviceArena(plan.bytes, "model parameters");
+  }
+  master_ = params_arena_.alloc<float>(P, "master");
+  grad_ = params_arena_.alloc<float>(P, "grad");
+  weights_ = params_arena_.alloc<bf16>(P, "weights");
+  tokens_ = params_arena_.alloc<int32_t>(N, "tokens");
+  targets_ = params_arena_.alloc<int32_t>(N, "targets");
+  loss_mask_ = params_arena_.alloc<float>(N, "loss_mask");
+  rope_table_ = params_arena_.alloc<float>(Tn * rope_dh, "rope table");
+  {
+    size_t i = 0;
+    auto bind_w = [&](bf16*& p, const ParamSpec&) { p = weights_ + layout.offsets[i++]; };
+    visit_params(cfg, params_, bind_w);
+    i = 0;
+    auto bind_g = [&](float*& p, const ParamSpec&) { p = grad_ + layout.offsets[i++]; };
+    visit_params(cfg, grads_, bind_g);
+  }
+  if (cfg.tie_embeddings) {
+    params_.lm_head = params_.embed_tokens;
+    grads_.lm_head = grads_.embed_tokens;
+  }
+
+  // Saved activations, bound by the layers' visit functions.
+  blocks_.resize(letters.size());
+  auto visit_all = [&](auto&& v) {
+    for (size_t i = 0; i < letters.size(); ++i) {
+      DeviceBlockActs& b = blocks_[i];
+      v(b.x, "x", N * D);
+      v(b.norm1, "norm1", N * D);
+      v(b.rstd1, "rstd1", N);
+      v(b.mixer_out, "mixer_out", N * D);
+      v(b.h, "h", N * D);
+      switch (letters[i]) {
+        case 'A': case 'W': visit_acts(attention_config(cfg, letters[i]), B, Tn, b.attn, v); break;
+        case 'G': visit_acts(gdn_config(cfg), B, Tn, b.gdn, v); break;
+        case 'M': visit_acts(mamba2_config(cfg), B, Tn, b.m2, v); break;
+      }
+      if (cfg.d_mlp > 0) {
+        v(b.norm2, "norm2", N * D);
+        v(b.rstd2, "rstd2", N);
+        v(b.mlp_out, "mlp_out", N * D);
+        visit_acts(mlp_config(cfg), B, Tn, b.mlp, v);
+      }
+    }
+    v(x_final_, "x_final", N * D);
+    v(normed_, "normed", N * D);
+    v(rstd_, "rstd", N);
+  };
+  {
+    ArenaPlan plan;
+    visit_all([&](auto*& p, const char* name, int64_t n) { plan.count(p, name, n); });
+    acts_arena_ = DeviceArena(plan.bytes, "model activations");
+    visit_all([&](auto*& p, const char* name, int64_t n) {
+      using P = std::remove_reference_t<decltype(*p)>;
+      p = acts_arena_.alloc<P>(n, name);
+    });
+  }
+  grads_arena_ = DeviceArena(5 * DeviceArena::round_up(size_t(N * D) * sizeof(bf16)), "model backward buffers");
+  for (bf16** p : {&d_normed_, &dy_, &dx_, &dh_, &dtmp_}) *p = grads_arena_.alloc<bf16>(N * D, "d residual");
+
+  if (letters.find_first_of("AW") != std::string::npos) {
+    const RopeFrequencies f = rope_frequencies(attention_config(cfg, 'A'));
+    if (!f.f.empty()) {
+      const std::vector<float> table = rope_table(f.f, f.scale, Tn);
+      to_device(ctx_, rope_table_, table.data(), int64_t(table.size()));
+    }
+  }
+  zero_grad();
+}
+
+size_t DeviceModel::scratch_bytes(const ModelConfig& m, int64_t B, int64_t Tn) {
+  const size_t N = size_t(B * Tn);
+  // LM head: chunks of fp32 logits + bf16 dlogits within 1 GiB (layers/lm_head.cu).
+  size_t need = std::min<size_t>(size_t(1) << 30, N * size_t(m.vocab_size) * 6);
+  // SwiGLU backward: dh fp32 + dgate, dup bf16 per hidden unit.
+  need = std::max(need, N * size_t(m.d_mlp) * 8);
+  // Attention backward: d_o, dq, dk, dv, dk_raw (bf16) and the core's B Tn H floats.
+  const size_t q = size_t(m.n_heads * m.d_head), kv = size_t(m.n_kv_heads * m.d_head);
+  need = std::max(need, N * ((2 * q + 3 * kv) * 2 + size_t(m.n_heads) * 4));
+  // GDN / Mamba2 backward: at most a few fp32 gradients of every projection output.
+  const std::string letters = expand_pattern(m.pattern, m.n_layers);
+  if (letters.find('G') != std::string::npos) {
+    const GdnConfig g = gdn_config(m);
+    need = std::max(need, N * size_t(2 * g.d_qk() + 3 * g.d_v() + 2 * g.n_v_heads) * 8);
+  }
+  if (letters.find('M') != std::string::npos) {
+    const Mamba2Config m2 = mamba2_config(m);
+    need = std::max(need, N * size_t(m2.d_in_proj() + 2 * m2.conv_dim()) * 8);
+  }
+  return need + (size_t(64) << 20);
+}
+
+void DeviceModel::init(uint64_t seed) {
+  std::vector<float> v(static_cast<size_t>(n_params_));
+  for (size_t i = 0; i < layout.specs.size(); ++i)
+    init_values(v.data() + layout.offsets[i], layout.specs[i], layout.specs[i].name, seed);
+  set_values(v);
+}
+
+void DeviceModel::set_values(const std::vector<float>& v) {
+  if (int64_t(v.size()) != n_params_)
+    throw std::invalid_argument("DeviceModel::set_values: " + std::to_string(v.size()) + " values for " +
+                                std::to_string(n_params_) + " parameters");
+  to_device(ctx_, master_, v.data(), n_params_);
+  f32_to_bf16(ctx_, weights_, master_, n_params_);
+  ctx_.sync();  // v may go out of scope
+}
+
+std::vector<float> DeviceModel::values() {
+  std::vector<float> v(static_cast<size_t>(n_params_));
+  to_host(ctx_, v.data(), master_, n_params_);
+  return v;
+}
+
+void DeviceModel::zero_grad() {
+  CUDA_CHECK(cudaMemsetAsync(grad_, 0, size_t(n_params_) * sizeof(float), ctx_.stream), shape_str("grad", n_params_));
+}
+
+void DeviceModel::scale_grad(float s) {
+  scale_kernel<<<grid_for(n_params_), kThreads, 0, ctx_.stream>>>(grad_, s, n_params_);
+  CUDA_CHECK_LAUNCH("scale_grad", shape_str("n", n_params_));
+}
+
+// ---- mixer dispatch: the one place on the GPU that switches on the mixer letter ------
+
+void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
+  if (B > max_B || Tn > max_T)
+    throw std::invalid_argument("batch " + std::to_string(B) + "x" + std::to_string(Tn) +
+                                " exceeds the model's activation plan " + std::to_string(max_B) + "x" +
+                                std::to_string(max_T));
+  const int64_t N = B * Tn, D = cfg.d_model;
+  embedding_forward(ctx_, blocks_.empty() ? x_final_ : blocks_[0].x, tokens_, params_.embed_tokens, N, D,
+                    cfg.vocab_size);
+  for (size_t i = 0; i < letters.size(); ++i) {
+    const BlockParams<bf16>& p = params_.blocks[i];
+    const DeviceBlockActs& a = blocks_[i];
+    bf16* out = i + 1 < letters.size() ? blocks_[i + 1].x : x_final_;
+    const NormPlacement place = norm_placement(cfg, p.letter);
+    bf16* h = cfg.d_mlp > 0 ? a.h : out;
+    auto mixer = [&](bf16* y, const bf16* x) {
+      switch (p.letter) {
+        case 'A': case 'W':
+          attention_forward(ctx_, attention_config(cfg, p.letter), p.attn, a.attn, rope_table_, y, x, B, Tn);
+          break;
+        case 'G': gdn_forward(ctx_, gdn_config(cfg), p.gdn, a.gdn, y, x, B, Tn); break;
+        case 'M': mamba2_forward(ctx_, mamba2_config(cfg), p.m2, a.m2, y, x, B, Tn); break;
+      }
+    };
+    residual_forward(ctx_, place, mixer, p.mixer_norm.w, cfg.norm_eps, a.x, a.norm1, a.rstd1, a.mixer_out, h, N, D);
+    if (cfg.d_mlp > 0) {
+      const SwiGLUConfig mc = mlp_config(cfg);
+      residual_forward(
+          ctx_, place, [&](bf16* y, const bf16* x) { swiglu_forward(ctx_, mc, p.mlp, a.mlp, y, x, B, Tn); },
+          p.mlp_norm.w, cfg.norm_eps, a.h, a.norm2, a.rstd2, a.mlp_out, out, N, D);
+    }
+  }
+  rmsnorm_forward(ctx_, normed_, rstd_, x_final_, params_.final_norm.w, N, D, cfg.norm_eps);
+}
+
+StepStats DeviceModel::forward_backward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
+                                        int64_t B, int64_t Tn, double z_loss, bool compute_grad) {
+  const int64_t N = B * Tn, D = cfg.d_model;
+  if (B > max_B || Tn > max_T) forward_blocks(B, Tn);  // throws naming the plan
+  to_device(ctx_, tokens_, tokens, N);
+  to_device(ctx_, targets_, targets, N);
+  if (loss_mask) to_device(ctx_, loss_mask_, loss_mask, N);
+  forward_blocks(B, Tn);
+  const LmHeadStats s = lm_head_loss(ctx_, compute_grad ? d_normed_ : nullptr, compute_grad ? grads_.lm_head : nullptr,
+                                     normed_, params_.lm_head, targets_, loss_mask ? loss_mask_ : nullptr, N, D,
+                                     cfg.vocab_size, z_loss, 0, compute_grad);
+  StepStats st{s.loss, s.z_loss_term, s.weight_sum, s.n_correct};
+  if (!compute_grad) return st;
+
+  // d_normed holds d loss / d normed; walk back through the final norm and the blocks.
+  // dy: gradient w.r.t. the current block's output; dx: w.r.t. its input.
+  bf16 *dy = dy_, *dx = dx_;
+  rmsnorm_backward(ctx_, dy, grads_.final_norm.w, d_normed_, x_final_, params_.final_norm.w, rstd_, N, D);
+  for (size_t ii = letters.size(); ii-- > 0;) {
+    const BlockParams<bf16>& p = params_.blocks[ii];
+    const BlockParams<float>& g = grads_.blocks[ii];
+    const DeviceBlockActs& a = blocks_[ii];
+    const NormPlacement place = norm_placement(cfg, p.letter);
+    const bf16* dh = dy;
+    if (cfg.d_mlp > 0) {
+      const SwiGLUConfig mc = mlp_config(cfg);
+      residual_backward(
+          ctx_, place,
+          [&](bf16* dxb, const bf16* dyb, const bf16* xb) {
+            swiglu_backward(ctx_, mc, p.mlp, g.mlp, a.mlp, dxb, dyb, xb, B, Tn);
+          },
+          p.mlp_norm.w, g.mlp_norm.w, a.h, a.norm2, a.rstd2, dh_, dy, dtmp_, N, D);
+      dh = dh_;
+    }
+    auto mixer_bwd = [&](bf16* dxb, const bf16* dyb, const bf16* xb) {
+      switch (p.letter) {
+        case 'A': case 'W':
+          attention_backward(ctx_, attention_config(cfg, p.letter), p.attn, g.attn, a.attn, rope_table_, dxb, dyb, xb,
+                             B, Tn);
+          break;
+        case 'G': gdn_backward(ctx_, gdn_config(cfg), p.gdn, g.gdn, a.gdn, dxb, dyb, xb, B, Tn); break;
+        case 'M': mamba2_backward(ctx_, mamba2_config(cfg), p.m2, g.m2, a.m2, dxb, dyb, xb, B, Tn); break;
+      }
+    };
+    residual_backward(ctx_, place, mixer_bwd, p.mixer_norm.w, g.mixer_norm.w, a.x, a.norm1, a.rstd1, dx, dh, dtmp_,
+                      N, D);
+    std::swap(dx, dy);  // the block's input gradient is the earlier block's output gradient
+  }
+  embedding_backward(ctx_, grads_.embed_tokens, dy, tokens_, N, D);
+  return st;
+}
+
+}  // namespace hysim::cuda
