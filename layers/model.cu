@@ -130,25 +130,7 @@ DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t 
   // Saved activations, bound by the layers' visit functions.
   blocks_.resize(letters.size());
   auto visit_all = [&](auto&& v) {
-    for (size_t i = 0; i < letters.size(); ++i) {
-      DeviceBlockActs& b = blocks_[i];
-      v(b.x, "x", N * D);
-      v(b.norm1, "norm1", N * D);
-      v(b.rstd1, "rstd1", N);
-      v(b.mixer_out, "mixer_out", N * D);
-      v(b.h, "h", N * D);
-      switch (letters[i]) {
-        case 'A': case 'W': visit_acts(attention_config(cfg, letters[i]), B, Tn, b.attn, v); break;
-        case 'G': visit_acts(gdn_config(cfg), B, Tn, b.gdn, v); break;
-        case 'M': visit_acts(mamba2_config(cfg), B, Tn, b.m2, v); break;
-      }
-      if (cfg.d_mlp > 0) {
-        v(b.norm2, "norm2", N * D);
-        v(b.rstd2, "rstd2", N);
-        v(b.mlp_out, "mlp_out", N * D);
-        visit_acts(mlp_config(cfg), B, Tn, b.mlp, v);
-      }
-    }
+    for (size_t i = 0; i < letters.size(); ++i) visit_block_acts(cfg, letters[i], B, Tn, blocks_[i], v);
     v(x_final_, "x_final", N * D);
     v(normed_, "normed", N * D);
     v(rstd_, "rstd", N);

@@ -99,30 +99,36 @@ template <class T> struct ModelActs {
   T* rstd = nullptr;
 };
 
+// One block's saved activations, for any block struct with the fields of BlockActs (the
+// CPU's, and the GPU's DeviceBlockActs in core/cuda/model.h): the mixer's own visit_acts is
+// picked by the type of b.attn / b.gdn / b.m2 / b.mlp.
+template <class Block, class V>
+void visit_block_acts(const ModelConfig& c, char letter, int64_t B, int64_t Tn, Block& b, V&& v) {
+  const int64_t N = B * Tn, D = c.d_model;
+  v(b.x, "x", N * D);
+  v(b.norm1, "norm1", N * D);
+  v(b.rstd1, "rstd1", N);
+  v(b.mixer_out, "mixer_out", N * D);
+  v(b.h, "h", N * D);
+  switch (letter) {
+    case 'A': case 'W': visit_acts(attention_config(c, letter), B, Tn, b.attn, v); break;
+    case 'G': visit_acts(gdn_config(c), B, Tn, b.gdn, v); break;
+    case 'M': visit_acts(mamba2_config(c), B, Tn, b.m2, v); break;
+  }
+  if (c.d_mlp > 0) {
+    v(b.norm2, "norm2", N * D);
+    v(b.rstd2, "rstd2", N);
+    v(b.mlp_out, "mlp_out", N * D);
+    visit_acts(mlp_config(c), B, Tn, b.mlp, v);
+  }
+}
+
 template <class T, class V>
 void visit_acts(const ModelConfig& c, int64_t B, int64_t Tn, ModelActs<T>& a, V&& v) {
   const std::string letters = expand_pattern(c.pattern, c.n_layers);
   const int64_t N = B * Tn, D = c.d_model;
   a.blocks.resize(letters.size());
-  for (size_t i = 0; i < letters.size(); ++i) {
-    BlockActs<T>& b = a.blocks[i];
-    v(b.x, "x", N * D);
-    v(b.norm1, "norm1", N * D);
-    v(b.rstd1, "rstd1", N);
-    v(b.mixer_out, "mixer_out", N * D);
-    v(b.h, "h", N * D);
-    switch (letters[i]) {
-      case 'A': case 'W': visit_acts(attention_config(c, letters[i]), B, Tn, b.attn, v); break;
-      case 'G': visit_acts(gdn_config(c), B, Tn, b.gdn, v); break;
-      case 'M': visit_acts(mamba2_config(c), B, Tn, b.m2, v); break;
-    }
-    if (c.d_mlp > 0) {
-      v(b.norm2, "norm2", N * D);
-      v(b.rstd2, "rstd2", N);
-      v(b.mlp_out, "mlp_out", N * D);
-      visit_acts(mlp_config(c), B, Tn, b.mlp, v);
-    }
-  }
+  for (size_t i = 0; i < letters.size(); ++i) visit_block_acts(c, letters[i], B, Tn, a.blocks[i], v);
   v(a.x_final, "x_final", N * D);
   v(a.normed, "normed", N * D);
   v(a.rstd, "rstd", N);
