@@ -30,6 +30,11 @@ namespace fs = std::filesystem;
 const std::vector<Architecture>& architecture_presets() {
   static const std::vector<Architecture> presets = {
       {"transformer", "full attention in every layer", {"--model.pattern=A"}},
+      // Olmo 2/3 place the norm after attention (h = x + norm(attn(x)), the config default);
+      // with N(0, 0.02) embeddings that drowns the token identity in a pure transformer, which
+      // then stalls on recall (README, Expressivity). This is the GPT/Llama placement.
+      {"transformer_prenorm", "full attention in every layer, pre-norm (h = x + attn(norm(x)))",
+       {"--model.pattern=A", "--model.norm_attention=pre"}},
       {"transformer_nope", "full attention in every layer, no positional encoding", {"--model.pattern=A", "--model.pos_encoding=none"}},
       {"transformer_yarn", "full attention, RoPE; YaRN at lengths beyond training",
        {"--model.pattern=A", "--eval.context_extension=yarn"}},
