@@ -109,11 +109,26 @@ std::vector<GridTask> grid_tasks(const GridConfig& g) {
   return out;
 }
 
-// The overrides a preset applies, as a config (to count its parameters).
-Config with_overrides(const ExpressivityOptions& opt, const std::vector<std::string>& extra) {
-  std::vector<std::string> ov = opt.overrides;
-  ov.insert(ov.end(), extra.begin(), extra.end());
-  return parse_config(opt.config_path, ov);
+// The user's overrides less the keys in `drop` ("--section.key=" prefixes) and less those
+// the preset sets (the preset defines its column), then the preset's.
+std::vector<std::string> preset_overrides(const std::vector<std::string>& user, const Architecture& a,
+                                          const std::vector<std::string>& drop = {}) {
+  auto key_of = [](const std::string& o) { return o.substr(0, o.find('=') + 1); };
+  std::vector<std::string> out;
+  for (const std::string& o : user) {
+    const std::string k = key_of(o);
+    const bool dropped = std::find(drop.begin(), drop.end(), k) != drop.end() ||
+                         std::any_of(a.overrides.begin(), a.overrides.end(),
+                                     [&](const std::string& p) { return key_of(p) == k; });
+    if (!dropped) out.push_back(o);
+  }
+  out.insert(out.end(), a.overrides.begin(), a.overrides.end());
+  return out;
+}
+
+// The config of a preset's cells (to count its parameters).
+Config with_overrides(const ExpressivityOptions& opt, const Architecture& a) {
+  return parse_config(opt.config_path, preset_overrides(opt.overrides, a));
 }
 
 bool cell_done(const Cell& c, int64_t longest) {
@@ -193,14 +208,12 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
       const Cell& c = cells[todo[next++]];
       std::vector<std::string> args = {opt.hysim_exe, "train"};  // progress lines go to the cell log
       if (!opt.config_path.empty()) args.insert(args.end(), {"-c", opt.config_path});
-      // The user's overrides, less the keys that the cell sets itself.
-      static const char* cell_keys[] = {"--data.source=", "--data.task_args=", "--train.seed=", "--eval.lengths=",
-                                        "--run.experiment=", "--run.name=", "--run.threads=", "--run.resume="};
-      for (const std::string& o : opt.overrides)
-        if (std::none_of(std::begin(cell_keys), std::end(cell_keys), [&](const char* k) { return o.rfind(k, 0) == 0; }))
-          args.push_back(o);
-      const Architecture& a = find_architecture(c.arch);
-      args.insert(args.end(), a.overrides.begin(), a.overrides.end());
+      // The user's overrides, less the keys that the cell or its preset sets.
+      static const std::vector<std::string> cell_keys = {"--data.source=",     "--data.task_args=", "--train.seed=",
+                                                         "--eval.lengths=",    "--run.experiment=", "--run.name=",
+                                                         "--run.threads=",     "--run.resume="};
+      const std::vector<std::string> ov = preset_overrides(opt.overrides, find_architecture(c.arch), cell_keys);
+      args.insert(args.end(), ov.begin(), ov.end());
       args.push_back("--data.source=" + c.task);
       args.push_back("--data.task_args=" + c.task_args);
       args.push_back("--train.seed=" + std::to_string(c.seed));
@@ -257,7 +270,7 @@ int run_expressivity(const Config& cfg, const ExpressivityOptions& opt) {
     for (size_t li = 0; li < NL; ++li) acc[((ai * K + ki) * S + si) * NL + li] = read_accuracy(cells[i], lengths[li]);
   }
   for (size_t ai = 0; ai < A; ++ai)
-    params[ai] = count_params(with_overrides(opt, find_architecture(g.architectures[ai]).overrides).model).total();
+    params[ai] = count_params(with_overrides(opt, find_architecture(g.architectures[ai])).model).total();
 
   const std::string summary = (fs::path(cfg.run.out_dir) / cfg.run.experiment / "expressivity.h5").string();
   fs::create_directories(fs::path(summary).parent_path());

@@ -207,6 +207,7 @@ TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run rec
                           "--model.n_heads=2 --model.n_kv_heads=2 --model.d_head=8 --model.gdn_n_heads=2 " +
                           "--model.gdn_n_v_heads=2 --model.gdn_d_head_k=8 --model.gdn_d_head_v=8 " +
                           "--model.vocab_size=16 --train.steps=3 --train.warmup_steps=1 --train.batch_size=2 " +
+                          "--model.pattern=G " +  // a key the presets set: each preset's value wins in its column
                           "--train.seq_len=16 --train.eval_every=0 --grid.architectures=transformer,gdn " +
                           "--data.source=parity --grid.tasks=parity,modadd,modadd '--grid.task_args=-;m=3' --grid.seeds=1 " +
                           "--grid.jobs=2 --grid.length_multipliers=1,2 " +
@@ -227,6 +228,9 @@ TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run rec
   CHECK(chance[1] == doctest::Approx(1.0 / 3));
   CHECK(chance[2] == doctest::Approx(0.2));
   CHECK(fs::exists(out / "g-cells" / "gdn__modadd-m3__s0.h5"));
+  const std::string transformer_config = h5::File::open((out / "g-cells" / "transformer__parity__s0.h5").string())
+                                             .attr_string("config");
+  CHECK(transformer_config.find("pattern = A\n") != std::string::npos);
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::ifstream log(out / "log");
   std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
