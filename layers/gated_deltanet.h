@@ -105,7 +105,9 @@ template <class T> struct GdnActs {
   T* chunk_states = nullptr;  // [B, Hv, n_chunks, dv, dk] state entering each chunk (chunked core only)
 };
 
-template <class T, class V> void visit_acts(const GdnConfig& c, int64_t B, int64_t Tn, GdnActs<T>& a, V&& v) {
+// Binds the fields of GdnActs<T> or of any struct with the same field names (the GPU's
+// GdnActsCuda, whose statistics and gates are fp32): v(field, "name", numel).
+template <class Acts, class V> void visit_gdn_acts(const GdnConfig& c, int64_t B, int64_t Tn, Acts& a, V&& v) {
   const int64_t BT = B * Tn, QK = c.d_qk(), DV = c.d_v(), H = c.n_heads, Hv = c.n_v_heads;
   v(a.q_in, "q_in", BT * QK);
   v(a.q_pre, "q_pre", BT * QK);
@@ -126,6 +128,9 @@ template <class T, class V> void visit_acts(const GdnConfig& c, int64_t B, int64
   v(a.gate, "gate", BT * DV);
   v(a.o_gated, "o_gated", BT * DV);
   v(a.chunk_states, "chunk_states", B * Hv * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
+}
+template <class T, class V> void visit_acts(const GdnConfig& c, int64_t B, int64_t Tn, GdnActs<T>& a, V&& v) {
+  visit_gdn_acts(c, B, Tn, a, v);
 }
 
 // Full layer. x, y: [B, Tn, d_model]. Backward: dx overwritten, grad.* accumulated.

@@ -193,26 +193,7 @@ struct GdnActsCuda {
 // Binds every field: v(field, "name", numel) with field a bf16*& or float*& (the model sizes
 // its activation arena with this, as the CPU's visit_acts).
 template <class V> void visit_acts(const GdnConfig& c, int64_t B, int64_t Tn, GdnActsCuda& a, V&& v) {
-  const int64_t BT = B * Tn, QK = c.d_qk(), DV = c.d_v(), H = c.n_heads, Hv = c.n_v_heads;
-  v(a.q_in, "q_in", BT * QK);
-  v(a.q_pre, "q_pre", BT * QK);
-  v(a.q, "q", BT * QK);
-  v(a.q_rstd, "q_rstd", BT * H);
-  v(a.k_in, "k_in", BT * QK);
-  v(a.k_pre, "k_pre", BT * QK);
-  v(a.k, "k", BT * QK);
-  v(a.k_rstd, "k_rstd", BT * H);
-  v(a.v_in, "v_in", BT * DV);
-  v(a.v_pre, "v_pre", BT * DV);
-  v(a.v, "v", BT * DV);
-  v(a.a_in, "a_in", BT * Hv);
-  v(a.beta, "beta", BT * Hv);
-  v(a.g, "g", BT * Hv);
-  v(a.o, "o", BT * DV);
-  v(a.o_rstd, "o_rstd", BT * Hv);
-  v(a.gate, "gate", BT * DV);
-  v(a.o_gated, "o_gated", BT * DV);
-  v(a.chunk_states, "chunk_states", B * Hv * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
+  visit_gdn_acts(c, B, Tn, a, v);  // the CPU's field list (layers/gated_deltanet.h)
 }
 void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnActsCuda& a, bf16* y,
                  const bf16* x, int64_t B, int64_t Tn);
