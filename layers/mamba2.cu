@@ -309,8 +309,6 @@ __global__ void mamba2_dA_reduce_kernel(float* __restrict__ dA, const float* __r
   dA[h] = s;
 }
 
-unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>(ceil_div(n, kThreads), 132 * 16)); }
-
 SsdDims ssd_dims(const Mamba2Config& c, int64_t Tn) {
   return SsdDims{int(Tn),           int(c.n_heads()),  int(c.headdim),      int(c.d_state),      int(c.n_groups),
                  int(c.d_inner()), int(c.conv_dim()), int(c.chunk_size), int(c.n_chunks(Tn))};
@@ -373,7 +371,7 @@ void ssd_backward(Context& ctx, const Mamba2Config& c, T* dxbc, TD* ddt, float* 
     mamba2_chunk_backward_kernel<T, TD><<<dim3(unsigned(d.H), unsigned(nb)), kThreads, smem, ctx.stream>>>(
         dxbc, ddt, dB_heads, dC_heads, dA_parts, dy, xbc, dt, A, Dskip, chunk_states, d, int(b0));
     CUDA_CHECK_LAUNCH("mamba2_chunk_backward_kernel", shapes);
-    mamba2_group_reduce_kernel<T><<<grid_for(nb * Tn * 2 * d.G * d.N), kThreads, 0, ctx.stream>>>(
+    mamba2_group_reduce_kernel<T><<<grid_stride_blocks(nb * Tn * 2 * d.G * d.N, kThreads), kThreads, 0, ctx.stream>>>(
         dxbc, dB_heads, dC_heads, d, int(b0), nb * Tn);
     CUDA_CHECK_LAUNCH("mamba2_group_reduce_kernel", shapes);
   }
@@ -573,7 +571,8 @@ void mamba2_forward(Context& ctx, const Mamba2Config& c, const Mamba2Params<bf16
   linear_forward<bf16, bf16>(ctx, a.z, x, p.in_proj, BT, D, DI);
   linear_forward<bf16, bf16>(ctx, a.xbc_in, x, p.in_proj + DI * D, BT, D, CD);
   linear_forward<bf16, float>(ctx, a.dt_raw, x, p.in_proj + (DI + CD) * D, BT, D, H);
-  mamba2_dt_kernel<<<grid_for(BT * H), kThreads, 0, ctx.stream>>>(a.dt, a.dt_raw, p.dt_bias, BT, int(H));
+  mamba2_dt_kernel<<<grid_stride_blocks(BT * H, kThreads), kThreads, 0, ctx.stream>>>(a.dt, a.dt_raw, p.dt_bias, BT,
+                                                                                      int(H));
   CUDA_CHECK_LAUNCH("mamba2_dt_kernel", shapes);
   mamba2_A_kernel<<<unsigned(ceil_div(H, kThreads)), kThreads, 0, ctx.stream>>>(A, p.A_log, int(H));
   CUDA_CHECK_LAUNCH("mamba2_A_kernel", shapes);
@@ -631,9 +630,8 @@ void mamba2_backward(Context& ctx, const Mamba2Config& c, const Mamba2Params<bf1
     bf16* d_xbc_in = ctx.scratch.alloc<bf16>(BT * CD, "mamba2 d_xbc_in");
     short_conv_backward<bf16>(ctx, d_xbc_in, grad.conv1d_weight, grad.conv1d_bias, d_xbc, a.xbc_in, a.xbc_pre,
                               p.conv1d_weight, B, Tn, CD, c.conv_size, true);
-    mamba2_in_grad_kernel<<<grid_for(BT * (CD + H)), kThreads, 0, ctx.stream>>>(d_zxbcdt, d_xbc_in, ddt, a.dt_raw,
-                                                                                 p.dt_bias, BT, int(DI), int(CD),
-                                                                                 int(H));
+    mamba2_in_grad_kernel<<<grid_stride_blocks(BT * (CD + H), kThreads), kThreads, 0, ctx.stream>>>(
+        d_zxbcdt, d_xbc_in, ddt, a.dt_raw, p.dt_bias, BT, int(DI), int(CD), int(H));
     CUDA_CHECK_LAUNCH("mamba2_in_grad_kernel", shapes);
   }
   linear_backward<bf16, bf16>(ctx, dx, grad.in_proj, d_zxbcdt, x, p.in_proj, BT, D, DIP);

@@ -23,10 +23,9 @@ __global__ void scale_kernel(float* x, float s, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     x[i] *= s;
 }
-int grid_for(int64_t n) { return int(std::min<int64_t>(ceil_div(n, kThreads), 4096)); }
 
 void residual_add(Context& ctx, bf16* out, const bf16* a, const bf16* b, int64_t n) {
-  residual_add_kernel<<<grid_for(n), kThreads, 0, ctx.stream>>>(out, a, b, n);
+  residual_add_kernel<<<grid_stride_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(out, a, b, n);
   CUDA_CHECK_LAUNCH("residual_add", shape_str("n", n));
 }
 
@@ -66,9 +65,11 @@ void check_supported(const ModelConfig& m, const std::string& letters) {
       throw std::invalid_argument("model.d_head = " + std::to_string(m.d_head) +
                                   ": the CUDA attention kernel supports head dimensions 64 and 128");
     if (l == 'G' && m.gdn_chunk <= 0)
-      throw std::invalid_argument("model.gdn_chunk = 0 (token-by-token recurrence) is CPU-only: the CUDA GDN is chunked");
+      throw std::invalid_argument(
+          "model.gdn_chunk = 0 (token-by-token recurrence) is CPU-only: the CUDA GDN is chunked");
     if (l == 'M' && m.m2_chunk <= 0)
-      throw std::invalid_argument("model.m2_chunk = 0 (token-by-token recurrence) is CPU-only: the CUDA Mamba2 is chunked");
+      throw std::invalid_argument(
+          "model.m2_chunk = 0 (token-by-token recurrence) is CPU-only: the CUDA Mamba2 is chunked");
   }
 }
 
@@ -206,7 +207,7 @@ void DeviceModel::zero_grad() {
 }
 
 void DeviceModel::scale_grad(float s) {
-  scale_kernel<<<grid_for(n_params_), kThreads, 0, ctx_.stream>>>(grad_, s, n_params_);
+  scale_kernel<<<grid_stride_blocks(n_params_, kThreads), kThreads, 0, ctx_.stream>>>(grad_, s, n_params_);
   CUDA_CHECK_LAUNCH("scale_grad", shape_str("n", n_params_));
 }
 

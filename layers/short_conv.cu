@@ -20,8 +20,6 @@ constexpr int kThreads = 256;
 constexpr int kRowChunk = 128;  // rows (b, t) per partial sum of dw (fixed: results do not depend on the device)
 constexpr int kMaxTaps = 8;     // dw keeps one accumulator per tap in registers
 
-unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>(ceil_div(n, kThreads), 132 * 16)); }
-
 template <class T>
 __device__ __forceinline__ float dpre_at(const T* __restrict__ dout, const T* __restrict__ pre, int64_t i, bool silu) {
   const float d = to_f32(dout[i]);
@@ -102,8 +100,8 @@ void short_conv_forward(Context& ctx, T* out, T* pre, const T* x, const T* w, co
   if (K <= 0) throw std::invalid_argument(shape_str("short_conv_forward (CUDA): kernel size must be > 0, B, Tn, C, K",
                                                     B, Tn, C, K));
   const int64_t N = B * Tn;
-  short_conv_forward_kernel<T><<<grid_for(N * C), kThreads, 0, ctx.stream>>>(out, pre, x, w, bias, N, int(Tn), C,
-                                                                             int(K), silu);
+  short_conv_forward_kernel<T><<<grid_stride_blocks(N * C, kThreads), kThreads, 0, ctx.stream>>>(
+      out, pre, x, w, bias, N, int(Tn), C, int(K), silu);
   CUDA_CHECK_LAUNCH("short_conv_forward_kernel", shape_str("B, Tn, C, K", B, Tn, C, K));
 }
 
@@ -116,8 +114,8 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
     throw std::invalid_argument(shapes + ": kernel size must be in [1, " + std::to_string(kMaxTaps) + "] on the GPU");
   if (silu && !pre) throw std::invalid_argument(shapes + ": pre (saved by the forward) is needed with silu");
   const int64_t N = B * Tn;
-  short_conv_dx_kernel<T><<<grid_for(N * C), kThreads, 0, ctx.stream>>>(dx, dout, pre, w, N, int(Tn), C, int(K),
-                                                                        silu);
+  short_conv_dx_kernel<T>
+      <<<grid_stride_blocks(N * C, kThreads), kThreads, 0, ctx.stream>>>(dx, dout, pre, w, N, int(Tn), C, int(K), silu);
   CUDA_CHECK_LAUNCH("short_conv_dx_kernel", shapes);
   if (!dw && !dbias) return;
   ArenaScope scope(ctx.scratch);

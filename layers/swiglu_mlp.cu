@@ -32,8 +32,6 @@ __global__ void swiglu_act_backward_kernel(T* __restrict__ dgate, T* __restrict_
   }
 }
 
-unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>(ceil_div(n, kThreads), 132 * 16)); }
-
 }  // namespace
 
 template <class T>
@@ -43,7 +41,7 @@ void swiglu_forward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>& 
   if (N <= 0) return;
   linear_forward<T, T>(ctx, a.gate, x, p.gate_proj, N, D, F);
   linear_forward<T, T>(ctx, a.up, x, p.up_proj, N, D, F);
-  swiglu_act_kernel<T><<<grid_for(N * F), kThreads, 0, ctx.stream>>>(a.h, a.gate, a.up, N * F);
+  swiglu_act_kernel<T><<<grid_stride_blocks(N * F, kThreads), kThreads, 0, ctx.stream>>>(a.h, a.gate, a.up, N * F);
   CUDA_CHECK_LAUNCH("swiglu_act_kernel", shape_str("N, F", N, F));
   linear_forward<T, T>(ctx, y, a.h, p.down_proj, N, F, D);
 }
@@ -58,7 +56,8 @@ void swiglu_backward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>&
   T* dgate = ctx.scratch.alloc<T>(N * F, "swiglu dgate");
   T* dup = ctx.scratch.alloc<T>(N * F, "swiglu dup");
   linear_backward<T, float>(ctx, dh, grad.down_proj, dy, a.h, p.down_proj, N, F, D);
-  swiglu_act_backward_kernel<T><<<grid_for(N * F), kThreads, 0, ctx.stream>>>(dgate, dup, dh, a.gate, a.up, N * F);
+  swiglu_act_backward_kernel<T>
+      <<<grid_stride_blocks(N * F, kThreads), kThreads, 0, ctx.stream>>>(dgate, dup, dh, a.gate, a.up, N * F);
   CUDA_CHECK_LAUNCH("swiglu_act_backward_kernel", shape_str("N, F", N, F));
   linear_backward<T, T>(ctx, dx, grad.gate_proj, dgate, x, p.gate_proj, N, D, F);
   linear_backward<T, T>(ctx, dx, grad.up_proj, dup, x, p.up_proj, N, D, F, /*accumulate_dx=*/true);

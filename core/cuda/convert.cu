@@ -1,8 +1,11 @@
 #include "core/cuda/convert.h"
 
+#include "core/cuda/device_util.cuh"
+
 namespace hysim::cuda {
 
 namespace {
+// Grid-stride loops with a grid capped at a few waves (grid_stride_blocks): any n, one launch.
 constexpr int kThreads = 256;
 
 __global__ void f32_to_bf16_kernel(bf16* __restrict__ dst, const float* __restrict__ src, int64_t n) {
@@ -13,18 +16,16 @@ __global__ void bf16_to_f32_kernel(float* __restrict__ dst, const bf16* __restri
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = __bfloat162float(src[i]);
 }
-// Grid-stride loops with a grid capped at a few waves: any n, one launch.
-int grid_for(int64_t n) { return int(std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 16)); }
 }  // namespace
 
 void f32_to_bf16(Context& ctx, bf16* dst, const float* src, int64_t n) {
   if (n <= 0) return;
-  f32_to_bf16_kernel<<<grid_for(n), kThreads, 0, ctx.stream>>>(dst, src, n);
+  f32_to_bf16_kernel<<<grid_stride_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(dst, src, n);
   CUDA_CHECK_LAUNCH("f32_to_bf16_kernel", shape_str("n", n));
 }
 void bf16_to_f32(Context& ctx, float* dst, const bf16* src, int64_t n) {
   if (n <= 0) return;
-  bf16_to_f32_kernel<<<grid_for(n), kThreads, 0, ctx.stream>>>(dst, src, n);
+  bf16_to_f32_kernel<<<grid_stride_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(dst, src, n);
   CUDA_CHECK_LAUNCH("bf16_to_f32_kernel", shape_str("n", n));
 }
 

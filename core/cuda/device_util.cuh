@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace hysim::cuda {
@@ -67,5 +68,11 @@ __device__ void block_gemm(int M, int N, int K, FA fa, FB fb, FO out) {
 
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks of `threads` for a grid-stride loop over n elements: one element per thread up to
+// 16 blocks per SM of an H100 (132 SMs), then the loop strides.
+inline unsigned grid_stride_blocks(int64_t n, int threads) {
+  return unsigned(std::min<int64_t>(ceil_div(n, threads), 132 * 16));
+}
 
 }  // namespace hysim::cuda
