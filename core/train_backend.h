@@ -37,7 +37,6 @@ class TrainBackend {
   virtual double update(double lr, double max_norm) = 0;
 
   virtual std::vector<NamedTensor> param_tensors() = 0;
-  virtual std::vector<float> param_values() = 0;  // flat, in the ParamStore layout
   // Throws std::runtime_error naming a parameter that is missing or has another shape.
   virtual void load_param_tensors(const std::vector<NamedTensor>& tensors, const std::string& what) = 0;
   virtual std::vector<NamedTensor> optimizer_tensors() = 0;

@@ -169,7 +169,6 @@ class CpuBackend final : public TrainBackend {
     return adam_.update(model_.store.value.data(), model_.store.grad.data(), lr, max_norm);
   }
   std::vector<NamedTensor> param_tensors() override { return store_tensors(model_.store); }
-  std::vector<float> param_values() override { return model_.store.value; }
   void load_param_tensors(const std::vector<NamedTensor>& t, const std::string& what) override {
     load_store_tensors(model_.store, t, what);
   }

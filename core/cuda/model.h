@@ -77,10 +77,6 @@ class DeviceModel {
   StepStats forward_backward(const int32_t* tokens, const int32_t* targets, const float* loss_mask, int64_t B,
                              int64_t Tn, double z_loss, bool compute_grad);
 
-  // Bytes on the device: parameters + gradients + master, activations, backward buffers.
-  size_t param_bytes() const { return params_arena_.capacity(); }
-  size_t activation_bytes() const { return acts_arena_.capacity() + grads_arena_.capacity(); }
-
  private:
   Context& ctx_;
   int64_t n_params_ = 0;

@@ -10,6 +10,13 @@ namespace hysim {
 
 namespace {
 
+// Validation loss and accuracy of a device model at its shape (B, Tn).
+EvalStats evaluate_device(cuda::DeviceModel& m, const DataSource& data, int64_t B, int64_t Tn, int64_t n_batches) {
+  return evaluate_batches(data, B, Tn, n_batches, [&](const Batch& b) {
+    return m.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), b.B, b.T, 0.0, false);
+  });
+}
+
 class CudaBackend final : public TrainBackend {
  public:
   CudaBackend(const ModelConfig& mc, const AdamWConfig& ac, int64_t B, int64_t Tn, uint64_t seed)
@@ -33,7 +40,6 @@ class CudaBackend final : public TrainBackend {
   double update(double lr, double max_norm) override {
     return adam_.update(ctx_, model_.master(), model_.weights(), model_.grad(), lr, max_norm);
   }
-  std::vector<float> param_values() override { return model_.values(); }
   std::vector<NamedTensor> param_tensors() override {
     ParamStore<float> s = model_.layout;
     s.value = model_.values();
@@ -62,18 +68,14 @@ class CudaBackend final : public TrainBackend {
     adam_.set_step_count(step_count);
   }
   EvalStats evaluate(const DataSource& data, int64_t n_batches) override {
-    return evaluate_batches(data, B_, T_, n_batches, [&](const Batch& b) {
-      return model_.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), b.B, b.T, 0.0, false);
-    });
+    return evaluate_device(model_, data, B_, T_, n_batches);
   }
   EvalStats evaluate_at_length(const ModelConfig& mc, const DataSource& data, int64_t Tn,
                                int64_t n_batches) override {
     cuda::Context ctx(cuda::DeviceModel::scratch_bytes(mc, B_, Tn), ctx_.device);
     cuda::DeviceModel m(ctx, mc, B_, Tn);
     m.set_values(model_.values());
-    return evaluate_batches(data, B_, Tn, n_batches, [&](const Batch& b) {
-      return m.forward_backward(b.tokens.data(), b.targets.data(), b.loss_mask.data(), b.B, b.T, 0.0, false);
-    });
+    return evaluate_device(m, data, B_, Tn, n_batches);
   }
 
  private:
