@@ -167,11 +167,15 @@ static void residual_backward(NormPlacement place, FB f_bwd, const T* norm_w, T*
   for (int64_t i = 0; i < N * D; ++i) dx[i] += dy[i];
 }
 
-template <class T> void Model<T>::forward_blocks(const int32_t* tokens, int64_t B, int64_t Tn) {
+void check_activation_plan(int64_t B, int64_t Tn, int64_t max_B, int64_t max_T) {
   if (B > max_B || Tn > max_T)
     throw std::invalid_argument("batch " + std::to_string(B) + "x" + std::to_string(Tn) +
                                 " exceeds the model's activation plan " + std::to_string(max_B) + "x" +
                                 std::to_string(max_T));
+}
+
+template <class T> void Model<T>::forward_blocks(const int32_t* tokens, int64_t B, int64_t Tn) {
+  check_activation_plan(B, Tn, max_B, max_T);
   const int64_t N = B * Tn, D = cfg.d_model;
   embedding_forward(acts.blocks.empty() ? acts.x_final : acts.blocks[0].x, tokens, params.embed_tokens, N, D,
                     cfg.vocab_size);

@@ -214,10 +214,6 @@ void DeviceModel::scale_grad(float s) {
 // ---- mixer dispatch: the one place on the GPU that switches on the mixer letter ------
 
 void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
-  if (B > max_B || Tn > max_T)
-    throw std::invalid_argument("batch " + std::to_string(B) + "x" + std::to_string(Tn) +
-                                " exceeds the model's activation plan " + std::to_string(max_B) + "x" +
-                                std::to_string(max_T));
   const int64_t N = B * Tn, D = cfg.d_model;
   embedding_forward(ctx_, blocks_.empty() ? x_final_ : blocks_[0].x, tokens_, params_.embed_tokens, N, D,
                     cfg.vocab_size);
@@ -250,7 +246,7 @@ void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
 StepStats DeviceModel::forward_backward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
                                         int64_t B, int64_t Tn, double z_loss, bool compute_grad) {
   const int64_t N = B * Tn, D = cfg.d_model;
-  if (B > max_B || Tn > max_T) forward_blocks(B, Tn);  // throws naming the plan
+  check_activation_plan(B, Tn, max_B, max_T);  // before the uploads into the planned buffers
   to_device(ctx_, tokens_, tokens, N);
   to_device(ctx_, targets_, targets, N);
   if (loss_mask) to_device(ctx_, loss_mask_, loss_mask, N);

@@ -142,6 +142,10 @@ struct StepStats {
   int64_t n_correct = 0;    // argmax == target among counted positions
 };
 
+// Throws std::invalid_argument naming both shapes when a B x Tn batch exceeds the
+// max_B x max_T a model's activations were sized for.
+void check_activation_plan(int64_t B, int64_t Tn, int64_t max_B, int64_t max_T);
+
 // Forward FLOPs of one batch of B x Tn tokens (exact per-layer counts, 2 per multiply-add).
 int64_t model_forward_flops(const ModelConfig& cfg, int64_t B, int64_t Tn);
 
