@@ -10,9 +10,12 @@
 //   O = scale (diag(Gam) Q S^T + (Q K^T o decay) Delta)        (scale = dk^-0.5)
 //   S' = Gam_{L-1} S + Delta^T diag(decay(L-1, .)) K
 // and the state entering each chunk saved to chunk_states (what the backward reads).
-// One block per (batch, value head) with the state and the chunk's operands in shared
-// memory in fp32 (storage T is fp32 or bf16): fp32 FMAs on 4 x 4 register tiles
-// (block_gemm), no tensor cores, the intra-chunk solve a 64-step forward substitution.
+// One block per (batch, value head, slice of the value columns): every value column of the
+// state, U, Delta and O is independent of the others, so slices run in parallel (enough
+// blocks to fill the device at small B Hv), each recomputing the chunk's dk-wide and L x L
+// quantities (A, W, Q K^T). State slice and chunk operands in shared memory in fp32 (storage
+// T is fp32 or bf16); products by block_product (tensor cores for bf16 storage, fp32 FMAs
+// for fp32); the intra-chunk solve is a forward substitution, one row per step.
 //
 // Core backward: the exact gradient of the chunked computation, as the CPU's
 // gdn_chunk_backward (its comment lists the formulas), chunks in reverse order carrying
@@ -42,19 +45,21 @@ namespace hysim::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kMinSliceCols = 16;  // more value slices for parallelism only while a slice keeps this many columns
 
 struct GdnDims {
   int Tn, H, Hv, dk, dv, C, NC;
 };
 
-// Shared memory (floats): S [dv, dk], K [C, dk], QW [C, dk] (W, then Q), UD [C, dv] (U,
-// then Delta), AP [C, C] (A, then the decayed Q K^T), gam, beta, dend [C]. Rows of S, K,
+// Shared memory (floats) for a slice of dvs value columns: S [dvs, dk], K [C, dk], QW [C, dk]
+// (W, then Q), UD [C, dvs] (U, then Delta), AP [C, C] (A, then the decayed Q K^T), gam,
+// beta, dend [C]. Rows of S, K,
 // QW are padded to dk + 1 floats: loops whose lanes walk down a column (S[e, :] for
 // consecutive e, K[j, :] for consecutive j) would otherwise hit one bank when dk is a
 // multiple of 32 (Olmo Hybrid's dk = 96).
-size_t gdn_fwd_smem(const GdnDims& d) {
+size_t gdn_fwd_smem(const GdnDims& d, int dvs) {
   const size_t lk = size_t(d.dk) + 1;
-  return sizeof(float) * (size_t(d.dv) * lk + 2 * size_t(d.C) * lk + size_t(d.C) * d.dv + size_t(d.C) * d.C +
+  return sizeof(float) * (size_t(dvs) * lk + 2 * size_t(d.C) * lk + size_t(d.C) * dvs + size_t(d.C) * d.C +
                           3 * size_t(d.C));
 }
 
@@ -63,35 +68,36 @@ template <class T, class TG>
 __global__ void __launch_bounds__(kThreads)
     gdn_chunk_forward_kernel(T* __restrict__ o, T* __restrict__ chunk_states, const T* __restrict__ q,
                              const T* __restrict__ k, const T* __restrict__ v, const TG* __restrict__ beta,
-                             const TG* __restrict__ g, GdnDims d, float scale) {
+                             const TG* __restrict__ g, GdnDims d, int dvs, float scale) {
   extern __shared__ float sm[];
-  const int dk = d.dk, dv = d.dv, C = d.C, LK = dk + 1;
+  const int dk = d.dk, C = d.C, LK = dk + 1;
+  const int e0 = blockIdx.x * dvs, nv = min(dvs, d.dv - e0);  // this block's value columns
   float* S = sm;
-  float* K = S + dv * LK;
+  float* K = S + dvs * LK;
   float* QW = K + C * LK;
   float* UD = QW + C * LK;
-  float* AP = UD + C * dv;
+  float* AP = UD + C * dvs;
   float* gam = AP + C * C;
   float* bet = gam + C;
   float* dend = bet + C;
 
-  const int hv = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
-  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * dv;
-  const int64_t qk_off = int64_t(hv / (d.Hv / d.H)) * dk, v_off = int64_t(hv) * dv;
-  for (int i = tid; i < dv * LK; i += kThreads) S[i] = 0.f;
+  const int hv = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv;
+  const int64_t qk_off = int64_t(hv / (d.Hv / d.H)) * dk, v_off = int64_t(hv) * d.dv + e0;
+  for (int i = tid; i < nv * LK; i += kThreads) S[i] = 0.f;
 
   for (int kc = 0; kc < d.NC; ++kc) {
     const int t0 = kc * C, L = min(C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
     __syncthreads();  // previous chunk's state update done
-    T* cs = chunk_states + ((int64_t(b) * d.Hv + hv) * d.NC + kc) * dv * dk;
-    for (int i = tid; i < dv * dk; i += kThreads) cs[i] = from_f32<T>(S[(i / dk) * LK + i % dk]);
+    T* cs = chunk_states + ((int64_t(b) * d.Hv + hv) * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
+    for (int i = tid; i < nv * dk; i += kThreads) cs[i] = from_f32<T>(S[(i / dk) * LK + i % dk]);
     for (int i = tid; i < L * dk; i += kThreads) {
       const int r = i / dk, c = i % dk;
       K[r * LK + c] = to_f32(k[(bt0 + r) * QK + qk_off + c]);
     }
-    for (int i = tid; i < L * dv; i += kThreads) {
-      const int r = i / dv, c = i % dv;
+    for (int i = tid; i < L * nv; i += kThreads) {
+      const int r = i / nv, c = i % nv;
       UD[i] = to_f32(v[(bt0 + r) * DV + v_off + c]);
     }
     if (tid == 0) {  // cumulative log decay, in token order (as the CPU)
@@ -105,10 +111,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // A (strictly lower), U = diag(beta) V, W = diag(beta Gam) K.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) { AP[r * C + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
-    for (int i = tid; i < L * dv; i += kThreads) UD[i] *= bet[i / dv];
+    for (int i = tid; i < L * nv; i += kThreads) UD[i] *= bet[i / nv];
     for (int i = tid; i < L * dk; i += kThreads) {
       const int r = i / dk, c = i % dk;
       QW[r * LK + c] = K[r * LK + c] * bet[r] * expf(gam[r]);
@@ -117,9 +123,9 @@ __global__ void __launch_bounds__(kThreads)
     // Forward substitution with the unit lower M: X_r = RHS_r - sum_{c < r} A_rc X_c, columns
     // of U and W in parallel.
     for (int r = 1; r < L; ++r) {
-      for (int col = tid; col < dv + dk; col += kThreads) {
-        float* X = col < dv ? UD + col : QW + (col - dv);
-        const int ld = col < dv ? dv : LK;
+      for (int col = tid; col < nv + dk; col += kThreads) {
+        float* X = col < nv ? UD + col : QW + (col - nv);
+        const int ld = col < nv ? nv : LK;
         float acc = 0.f;
         for (int c = 0; c < r; ++c) acc += AP[r * C + c] * X[c * ld];
         X[r * ld] -= acc;
@@ -127,9 +133,9 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
     }
     // Delta = U - W S^T.
-    block_gemm<kThreads>(
-        L, dv, dk, [&](int r, int c) { return QW[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
-        [&](int r, int e, float ws) { UD[r * dv + e] -= ws; });
+    block_product<T, kThreads>(
+        L, nv, dk, [&](int r, int c) { return QW[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
+        [&](int r, int e, float ws) { UD[r * nv + e] -= ws; });
     __syncthreads();
     // Q into W's place; P = Q K^T o decay (lower incl. diagonal) into A's place.
     for (int i = tid; i < L * dk; i += kThreads) {
@@ -137,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
       QW[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
     }
     __syncthreads();
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return QW[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float qk) { AP[r * C + c] = c <= r ? qk * expf(gam[r] - gam[c]) : 0.f; });
     __syncthreads();  // the product above still reads Q
@@ -145,16 +151,16 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = tid; i < L * dk; i += kThreads) QW[(i / dk) * LK + i % dk] *= expf(gam[i / dk]);
     __syncthreads();
     // O = scale (Gam_r Q_r . S_e + sum_{c <= r} P_rc Delta_ce)  (P is 0 above the diagonal).
-    block_gemm<kThreads>(
-        L, dv, dk + L,
+    block_product<T, kThreads>(
+        L, nv, dk + L,
         [&](int r, int c) { return c < dk ? QW[r * LK + c] : AP[r * C + (c - dk)]; },
-        [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * dv + e]; },
+        [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * nv + e]; },
         [&](int r, int e, float acc) { o[(bt0 + r) * DV + v_off + e] = from_f32<T>(scale * acc); });
     __syncthreads();  // S is read above; now update it
     // S' = Gam_{L-1} S + sum_r Delta_r^T decay(L-1, r) K_r.
     const float Gam_end = expf(gam[L - 1]);
-    block_gemm<kThreads>(
-        dv, dk, L, [&](int e, int r) { return UD[r * dv + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
+    block_product<T, kThreads>(
+        nv, dk, L, [&](int e, int r) { return UD[r * nv + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
         [&](int e, int c, float acc) { S[e * LK + c] = Gam_end * S[e * LK + c] + acc; });
   }
 }
@@ -163,8 +169,7 @@ __global__ void __launch_bounds__(kThreads)
 // ---- core backward ------------------------------------------------------------------
 
 constexpr int kWarps = kThreads / kWarp;
-constexpr int kMaxSlices = 8;      // value slices per (batch, value head): the portable cluster size
-constexpr int kMinSliceCols = 16;  // more slices for parallelism only while a slice keeps this many columns
+constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the backward: the portable cluster size
 
 // Shared memory of the backward (offsets in floats) for dk, a slice of dvs value columns and
 // chunk C. Rows are padded by one float (dk + 1, dvs + 1, C + 1) against bank conflicts of
@@ -293,12 +298,12 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / dk, c = i % dk;
       W[r * LK + c] = K[r * LK + c] * bet[r] * expf(gam[r]);
     }
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) {
           if (c < r) LL[r * LC + c] = kk * expf(gam[r] - gam[c]);
         });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return Q[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float qk) {
           if (c <= r) LL[c * LC + r] = qk * expf(gam[r] - gam[c]);
@@ -316,19 +321,19 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
     }
     // Delta = U - W S^T (in U's place).
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, nv, dk, [&](int r, int c) { return W[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
         [&](int r, int e, float ws) { UD[r * LV + e] -= ws; });
     __syncthreads();
 
     // State passing and the intra-chunk output term.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, nv, dk, [&](int r, int c) { return K[r * LK + c]; }, [&](int e, int c) { return dS[e * LK + c]; },
         [&](int r, int e, float acc) { dD[r * LV + e] = dend[r] * acc; });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, dk, nv, [&](int r, int e) { return UD[r * LV + e]; }, [&](int c, int e) { return dS[e * LK + c]; },
         [&](int r, int c, float acc) { dK[r * LK + c] = dend[r] * acc; });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, nv, [&](int i, int e) { return dO[i * LV + e]; }, [&](int j, int e) { return UD[j * LV + e]; },
         [&](int i, int j, float acc) {
           if (j <= i) X[i * LC + j] = acc;
@@ -350,7 +355,7 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) gtmp[i] = ge, dgam[i] += gs - ge;
     }
     // dDelta += P^T dOs.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, nv, L, [&](int j, int i) { return i >= j ? LL[j * LC + i] : 0.f; },
         [&](int e, int i) { return dO[i * LV + e]; }, [&](int j, int e, float acc) { dD[j * LV + e] += acc; });
     __syncthreads();
@@ -367,10 +372,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // dQ = diag(Gam) dOs S (over UD and X, both free now); dK += dPd^T Q.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, dk, nv, [&](int i, int e) { return dO[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
         [&](int i, int c, float acc) { dQ[i * LK + c] = Gam[i] * acc; });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, dk, L, [&](int j, int i) { return i >= j ? LL[j * LC + i] : 0.f; },
         [&](int c, int i) { return Q[i * LK + c]; }, [&](int j, int c, float acc) { dK[j * LK + c] += acc; });
     __syncthreads();
@@ -384,7 +389,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     {
       const float Gam_end = Gam[L - 1];
-      block_gemm<kThreads>(
+      block_product<T, kThreads>(
           nv, dk, 2 * L,
           [&](int e, int j) { return j < L ? Gam[j] * dO[j * LV + e] : -dD[(j - L) * LV + e]; },
           [&](int c, int j) { return j < L ? Q[j * LK + c] : W[(j - L) * LK + c]; },
@@ -392,10 +397,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // dQ += dPd K; dRW = -dDelta S (over Q); U's right-hand side diag(beta) V (over dO).
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, dk, L, [&](int i, int j) { return j <= i ? LL[j * LC + i] : 0.f; },
         [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dQ[i * LK + c] += acc; });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, dk, nv, [&](int i, int e) { return dD[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
         [&](int i, int c, float acc) { dRW[i * LK + c] = -acc; });
     for (int i = tid; i < L * nv; i += kThreads) {
@@ -426,7 +431,7 @@ __global__ void __launch_bounds__(kThreads)
     // dA = -strictly_lower(dRU U^T + dRW W^T) (over S); dV = diag(beta) dRU;
     // dbeta += rowsum(dRU o V) + Gam o rowsum(dRW o K); dgam += beta Gam rowsum(dRW o K);
     // dK += diag(beta Gam) dRW.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, nv + dk, [&](int i, int j) { return j < nv ? dD[i * LV + j] : dRW[i * LK + (j - nv)]; },
         [&](int r, int j) { return j < nv ? U2[r * LV + j] : W[r * LK + (j - nv)]; },
         [&](int i, int r, float acc) { dA[i * LC + r] = r < i ? -acc : 0.f; });
@@ -463,7 +468,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // dK += (dKK + dKK^T) K.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, dk, L, [&](int i, int j) { return dA[i * LC + j] + dA[j * LC + i]; },
         [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dK[i * LK + c] += acc; });
     cluster.sync();
@@ -546,18 +551,29 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   const GdnDims d = gdn_dims(c, Tn);
   const std::string shapes = shape_str("gdn_chunk_forward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
                                        c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
-  const size_t smem = gdn_fwd_smem(d);
-  int max_smem = 0;
+  int max_smem = 0, n_sm = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device), shapes);
+  CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, ctx.device), shapes);
+  // Value slices: about two blocks per SM (a slice keeps at least kMinSliceCols columns,
+  // rounded up to the tensor cores' 16-column tiles), more only if the state does not fit.
+  int slices = int(std::clamp<int64_t>(ceil_div(2 * n_sm, B * c.n_v_heads), 1, std::max(1, d.dv / kMinSliceCols)));
+  int dvs = 0;
+  for (;; ++slices) {
+    dvs = int(std::min<int64_t>(d.dv, ceil_div(ceil_div(d.dv, slices), 16) * 16));
+    if (gdn_fwd_smem(d, dvs) <= size_t(max_smem) || dvs <= kMinSliceCols) break;
+  }
+  slices = int(ceil_div(d.dv, dvs));  // no empty slice
+  const size_t smem = gdn_fwd_smem(d, dvs);
   if (smem > size_t(max_smem))
-    throw std::invalid_argument(shapes + ": state and chunk need " + std::to_string(smem) +
-                                " bytes of shared memory, more than the device's " + std::to_string(max_smem));
+    throw std::invalid_argument(shapes + ": a state slice of " + std::to_string(dvs) + " value columns and the chunk need " +
+                                std::to_string(smem) + " bytes of shared memory, more than the device's " +
+                                std::to_string(max_smem));
   CUDA_CHECK(cudaFuncSetAttribute(gdn_chunk_forward_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(smem)),
              shapes);
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
-  gdn_chunk_forward_kernel<T, TG><<<dim3(unsigned(c.n_v_heads), unsigned(B)), kThreads, smem, ctx.stream>>>(
-      o, chunk_states, q, k, v, beta, g, d, scale);
+  gdn_chunk_forward_kernel<T, TG><<<dim3(unsigned(slices), unsigned(c.n_v_heads), unsigned(B)), kThreads, smem,
+                                    ctx.stream>>>(o, chunk_states, q, k, v, beta, g, d, dvs, scale);
   CUDA_CHECK_LAUNCH("gdn_chunk_forward_kernel", shapes);
 }
 

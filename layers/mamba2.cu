@@ -85,19 +85,19 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // M = (C B^T o decay) diag(dt), zero above the diagonal.
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, N, [&](int t, int n) { return Cm[t * LN + n]; }, [&](int s, int n) { return Bm[s * LN + n]; },
         [&](int t, int s, float cb) { M[t * Q + s] = s <= t ? cb * expf(acum[t] - acum[s]) * dts[s] : 0.f; });
     __syncthreads();
     // Y = M X + diag(exp(acum)) C S^T: one product over [M | diag(exp(acum)) C] and [X; S^T].
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, P, L + N,
         [&](int t, int k) { return k < L ? M[t * Q + k] : expf(acum[t]) * Cm[t * LN + (k - L)]; },
         [&](int p, int k) { return k < L ? X[k * P + p] : S[p * LN + (k - L)]; },
         [&](int t, int p, float acc) { y[(bt0 + t) * d.DI + x_off + p] = from_f32<T>(acc + Dh * X[t * P + p]); });
     __syncthreads();  // S is read above; now update it
     const float e_end = expf(acum[L - 1]);
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         P, N, L, [&](int p, int t) { return X[t * P + p] * w[t]; }, [&](int n, int t) { return Bm[t * LN + n]; },
         [&](int p, int n, float acc) { S[p * LN + n] = e_end * S[p * LN + n] + acc; });
   }
@@ -204,10 +204,10 @@ __global__ void __launch_bounds__(kThreads)
       part = warp_sum(part);
       if (lane == 0) red[warp] = part;
     }
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, N, P, [&](int t, int p) { return X[t * LP + p]; }, [&](int n, int p) { return dS[p * LN + n]; },
         [&](int t, int n, float acc) { V[t * LN + n] = acc; });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, P, N, [&](int t, int n) { return Cm[t * LN + n]; }, [&](int p, int n) { return S[p * LN + n]; },
         [&](int t, int p, float acc) { Yo[t * LP + p] = acc; });
     __syncthreads();
@@ -224,10 +224,10 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();  // V, Yo consumed: the work area now holds CBd and dM
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, N, [&](int t, int n) { return Cm[t * LN + n]; }, [&](int s, int n) { return Bm[s * LN + n]; },
         [&](int t, int s, float cb) { CBd[t * LQ + s] = s <= t ? cb * expf(acum[t] - acum[s]) : 0.f; });
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, L, P, [&](int t, int p) { return dY[t * LP + p]; }, [&](int s, int p) { return X[s * LP + p]; },
         [&](int t, int s, float acc) { dM[t * LQ + s] = acc; });
     __syncthreads();
@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const float* dCB = dM;
     // dX = diag(w) B dS^T + M^T dY + D dY: one product over [diag(w) B | M^T] and [dS^T; dY].
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, P, N + L,
         [&](int t, int k) { return k < N ? w[t] * Bm[t * LN + k] : CBd[(k - N) * LQ + t] * dts[t]; },
         [&](int p, int k) { return k < N ? dS[p * LN + k] : dY[(k - N) * LP + p]; },
@@ -255,18 +255,18 @@ __global__ void __launch_bounds__(kThreads)
         });
     const int64_t head_row0 = (int64_t(bl) * d.Tn + t0) * d.H + h;  // row of token t0 in dB_heads / dC_heads
     // dB = diag(w) X dS + dCB^T C
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, N, P + L, [&](int t, int k) { return k < P ? w[t] * X[t * LP + k] : dCB[(k - P) * LQ + t]; },
         [&](int n, int k) { return k < P ? dS[k * LN + n] : Cm[(k - P) * LN + n]; },
         [&](int t, int n, float acc) { dB_heads[(head_row0 + int64_t(t) * d.H) * N + n] = acc; });
     // dC = diag(exp(acum)) dY S + dCB B
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         L, N, P + L, [&](int t, int k) { return k < P ? eacum[t] * dY[t * LP + k] : dCB[t * LQ + (k - P)]; },
         [&](int n, int k) { return k < P ? S[k * LN + n] : Bm[(k - P) * LN + n]; },
         [&](int t, int n, float acc) { dC_heads[(head_row0 + int64_t(t) * d.H) * N + n] = acc; });
     __syncthreads();  // the old dS is read; update it to dL/dS of the previous chunk
     const float e_end = eacum[L - 1];
-    block_gemm<kThreads>(
+    block_product<T, kThreads>(
         P, N, L, [&](int p, int t) { return eacum[t] * dY[t * LP + p]; }, [&](int n, int t) { return Cm[t * LN + n]; },
         [&](int p, int n, float acc) { dS[p * LN + n] = e_end * dS[p * LN + n] + acc; });
     if (tid == 0) {  // dacum, then a = dt A, acum = cumsum(a): da = revcumsum(dacum)

@@ -245,6 +245,10 @@ TEST_CASE("gdn chunked forward CUDA fp32 storage matches the CPU") {
 TEST_CASE("gdn chunked forward CUDA bf16 storage matches the CPU") {
   check_gdn<bf16>(2, 130, 2, 2, 64, 64, 64, 4);
   check_gdn<bf16>(1, 200, 1, 1, 128, 128, 64, 5);
+  // bf16 storage runs the products on the tensor cores (16 x 16 warp tiles): ragged tiles in
+  // every dimension (dk 32, dv 48, a 22-token last chunk; chunk 16 with dk 16).
+  check_gdn<bf16>(2, 150, 2, 4, 32, 48, 64, 6);
+  check_gdn<bf16>(1, 40, 2, 2, 16, 16, 16, 7);
 }
 
 // Value slices per (batch, value head) follow from the shapes (core/cuda/layers.h): B Hv < SMs
@@ -265,6 +269,8 @@ TEST_CASE("gdn chunked backward CUDA bf16 storage matches the CPU") {
   check_gdn_backward<bf16>(2, 130, 2, 4, 16, 32, 64, 16);
   check_gdn_backward<bf16>(1, 256, 4, 4, 96, 192, 64, 17);
   check_gdn_backward<bf16>(3, 128, 12, 12, 96, 192, 64, 18);
+  check_gdn_backward<bf16>(1, 100, 1, 2, 16, 50, 64, 19);  // uneven value slices, ragged mma tiles
+  check_gdn_backward<bf16>(1, 40, 2, 4, 16, 32, 16, 20);   // small chunks
 }
 
 TEST_CASE("gdn layer CUDA (projections, conv, L2 norm, beta/g, core, gated RMSNorm) matches the CPU layer") {

@@ -217,6 +217,7 @@ TEST_CASE("mamba2 chunked SSD forward CUDA fp32 storage matches the CPU") {
 TEST_CASE("mamba2 chunked SSD forward CUDA bf16 storage matches the CPU") {
   check_ssd<bf16>(2, 130, 64, 2, 32, 1, 32, 64, 4);
   check_ssd<bf16>(1, 200, 128, 2, 64, 2, 64, 64, 5);
+  check_ssd<bf16>(1, 40, 32, 2, 16, 1, 8, 16, 6);  // tensor-core tiles ragged: chunk 16, d_state 8
 }
 
 TEST_CASE("mamba2 chunked SSD backward CUDA fp32 storage matches the CPU") {
@@ -230,6 +231,7 @@ TEST_CASE("mamba2 chunked SSD backward CUDA bf16 storage matches the CPU") {
   check_ssd_backward<bf16>(2, 130, 64, 2, 32, 1, 32, 64, 15);
   check_ssd_backward<bf16>(1, 200, 128, 2, 64, 2, 64, 64, 16);
   check_ssd_backward<bf16>(2, 100, 128, 2, 64, 1, 128, 64, 17);
+  check_ssd_backward<bf16>(1, 40, 32, 2, 16, 2, 8, 16, 18);  // ragged tensor-core tiles
 }
 
 TEST_CASE("mamba2 chunked SSD CUDA: refuses the recurrent mode and shapes whose chunk does not fit") {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace hysim::cuda {
 
@@ -66,6 +67,67 @@ __device__ void block_gemm(int M, int N, int K, FA fa, FB fb, FO out) {
   }
 }
 
+// ---- tensor cores: mma.sync m16n8k8 on tf32 ------------------------------------------------
+// Fragment layouts (g = lane / 4, t = lane % 4; one tf32 per register):
+//   A 16x8: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+//   B 8x8:  b0 (k t, n g), b1 (k t+4, n g)
+//   C 16x8: c0, c1 (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1)
+// Round to nearest (cvt.rna): tf32 keeps 10 mantissa bits, so bf16 values pass exactly and
+// an fp32 value moves by at most 2^-11 relative.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// block_gemm's contract on the tensor cores: out(m, n, sum_k fa(m, k) fb(n, k)), operands
+// read element by element through fa, fb (out-of-range entries are zeros, never read),
+// products in tf32 with fp32 accumulation. Each warp takes 16 x 16 output tiles (two mma
+// columns sharing the A fragment), tiles spread over the block's warps round-robin.
+// Every thread of the block must call it (mma.sync is warp-wide).
+template <int Threads, class FA, class FB, class FO>
+__device__ void block_mma(int M, int N, int K, FA fa, FB fb, FO out) {
+  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
+  const int TN = (N + 15) / 16, tiles = ((M + 15) / 16) * TN;
+  for (int tile = warp; tile < tiles; tile += Threads / kWarp) {
+    const int m0 = (tile / TN) * 16, n0 = (tile % TN) * 16;
+    float acc[2][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      const int ka = k0 + t, kb = k0 + t + 4;
+      const auto A = [&](int m, int k) { return to_tf32(m < M && k < K ? fa(m, k) : 0.f); };
+      const auto Bv = [&](int n, int k) { return to_tf32(n < N && k < K ? fb(n, k) : 0.f); };
+      const uint32_t a[4] = {A(m0 + g, ka), A(m0 + g + 8, ka), A(m0 + g, kb), A(m0 + g + 8, kb)};
+#pragma unroll
+      for (int j = 0; j < 2; ++j) mma_tf32(acc[j], a, Bv(n0 + 8 * j + g, ka), Bv(n0 + 8 * j + g, kb));
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int m = m0 + g + 8 * (r / 2), n = n0 + 8 * j + 2 * t + r % 2;
+        if (m < M && n < N) out(m, n, acc[j][r]);
+      }
+  }
+}
+
+// The chunked scans' products for storage type T: fp32 storage keeps exact fp32 FMAs
+// (block_gemm: the configuration the tests hold to fp32 tolerances against the CPU), bf16
+// storage runs on the tensor cores (block_mma; its tf32 rounding, 2^-11, is under the bf16
+// storage's 2^-9).
+template <class T, int Threads, class FA, class FB, class FO>
+__device__ __forceinline__ void block_product(int M, int N, int K, FA fa, FB fb, FO out) {
+  if constexpr (std::is_same_v<T, float>)
+    block_gemm<Threads>(M, N, K, fa, fb, out);
+  else
+    block_mma<Threads>(M, N, K, fa, fb, out);
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -143,9 +143,11 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
 // ---- Gated DeltaNet chunked core (layers/gated_deltanet.cu) -------------------------
 // hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
 // v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
-// entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 arithmetic.
-// Needs ((dv + 2 C)(dk + 1) + C dv + C^2 + 3 C) floats of shared memory per block (C =
-// chunk_size; Olmo Hybrid's dk 96, dv 192, C 64: 190 KB); throws if the device has less.
+// entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 arithmetic
+// (bf16 storage: products on the tensor cores in tf32). One block per (batch, value head,
+// slice of dvs value columns), slices sized for about two blocks per SM; needs
+// ((dvs + 2 C)(dk + 1) + C dvs + C^2 + 3 C) floats of shared memory per block (C = chunk_size;
+// Olmo Hybrid's dk 96, C 64 at 48 columns: 98 KB); throws if even 16 columns do not fit.
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);
