@@ -15,7 +15,7 @@
 // blocks to fill the device at small B Hv), each recomputing the chunk's dk-wide and L x L
 // quantities (A, W, Q K^T). State slice and chunk operands in shared memory in fp32 (storage
 // T is fp32 or bf16); products by block_product (tensor cores for bf16 storage, fp32 FMAs
-// for fp32); the intra-chunk solve is a forward substitution, one row per step.
+// for fp32); the intra-chunk solves are products with T = (I + A)^-1 (unit_lower_inverse).
 //
 // Core backward: the exact gradient of the chunked computation, as the CPU's
 // gdn_chunk_backward (its comment lists the formulas), chunks in reverse order carrying
@@ -47,20 +47,65 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMinSliceCols = 16;  // more value slices for parallelism only while a slice keeps this many columns
 
+constexpr int kMaxChunk = 64;  // the in-register column strips of block_product_column_local
+
 struct GdnDims {
   int Tn, H, Hv, dk, dv, C, NC;
 };
 
+// T = (I + A)^-1 for A strictly lower triangular (L x L, row stride ld; what is stored on and
+// above the diagonal is ignored), in place: on return Tm holds T with its unit diagonal and
+// zeros above. In blocks of 16 rows: each diagonal block by forward substitution (a warp per
+// block, a lane per column: 15 steps with warp barriers only), then row block i from the
+// rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16, L]. The
+// chunk's two triangular solves then become products with T (tensor cores for bf16
+// storage) instead of L block-wide barrier steps. Every thread of the block calls it.
+template <class T>
+__device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
+  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, nb = (L + 15) / 16;
+  for (int blk = warp; blk < nb; blk += kThreads / kWarp) {
+    const int b0 = blk * 16, b1 = min(L, b0 + 16), j = b0 + lane;  // lane owns column j of its block
+    for (int r = b0 + 1; r < b1; ++r) {
+      float val = 0.f;
+      if (j < r) {
+        val = -Tm[r * ld + j];
+        for (int c = j + 1; c < r; ++c) val -= Tm[r * ld + c] * Tm[c * ld + j];
+      }
+      __syncwarp();
+      if (j < r) Tm[r * ld + j] = val;
+      __syncwarp();
+    }
+  }
+  // The diagonal and above are not read by the substitution above: set them now.
+  for (int i = int(threadIdx.x); i < L * L; i += kThreads) {
+    const int r = i / L, c = i % L;
+    if (c >= r) Tm[r * ld + c] = c == r ? 1.f : 0.f;
+  }
+  __syncthreads();
+  for (int r0 = 16; r0 < L; r0 += 16) {
+    const int bs = min(16, L - r0);
+    block_product<T, kThreads>(
+        bs, r0, r0, [&](int m, int k) { return Tm[(r0 + m) * ld + k]; }, [&](int n, int k) { return Tm[k * ld + n]; },
+        [&](int m, int n, float acc) { tmp[m * L + n] = acc; });
+    __syncthreads();
+    block_product<T, kThreads>(
+        bs, r0, bs, [&](int m, int k) { return Tm[(r0 + m) * ld + r0 + k]; }, [&](int n, int k) { return tmp[k * L + n]; },
+        [&](int m, int n, float acc) { Tm[(r0 + m) * ld + n] = -acc; });
+    __syncthreads();
+  }
+}
+
 // Shared memory (floats) for a slice of dvs value columns: S [dvs, dk], K [C, dk], QW [C, dk]
-// (W, then Q), UD [C, dvs] (U, then Delta), AP [C, C] (A, then the decayed Q K^T), gam,
-// beta, dend [C]. Rows of S, K,
+// (W, then Q), UD [C, dvs] (U, then Delta), AP [C, C] (A, T, then the decayed Q K^T), gam,
+// beta, dend, beta Gam [C]. Rows of S, K,
 // QW are padded to dk + 1 floats: loops whose lanes walk down a column (S[e, :] for
 // consecutive e, K[j, :] for consecutive j) would otherwise hit one bank when dk is a
 // multiple of 32 (Olmo Hybrid's dk = 96).
+// QW also serves as the inverse's scratch [16, C], hence at least 16 floats per row.
 size_t gdn_fwd_smem(const GdnDims& d, int dvs) {
-  const size_t lk = size_t(d.dk) + 1;
-  return sizeof(float) * (size_t(dvs) * lk + 2 * size_t(d.C) * lk + size_t(d.C) * dvs + size_t(d.C) * d.C +
-                          3 * size_t(d.C));
+  const size_t lk = size_t(d.dk) + 1, lqw = std::max<size_t>(lk, 16);
+  return sizeof(float) * (size_t(dvs) * lk + size_t(d.C) * (lk + lqw) + size_t(d.C) * dvs + size_t(d.C) * d.C +
+                          4 * size_t(d.C));
 }
 
 // beta and g in TG: T for the public core, fp32 inside the layer (see GdnActsCuda).
@@ -75,11 +120,12 @@ __global__ void __launch_bounds__(kThreads)
   float* S = sm;
   float* K = S + dvs * LK;
   float* QW = K + C * LK;
-  float* UD = QW + C * LK;
+  float* UD = QW + C * max(LK, 16);
   float* AP = UD + C * dvs;
   float* gam = AP + C * C;
   float* bet = gam + C;
   float* dend = bet + C;
+  float* bGam = dend + C;  // beta Gam
 
   const int hv = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv;
@@ -100,42 +146,34 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / nv, c = i % nv;
       UD[i] = to_f32(v[(bt0 + r) * DV + v_off + c]);
     }
-    if (tid == 0) {  // cumulative log decay, in token order (as the CPU)
-      float run = 0.f;
-      for (int i = 0; i < L; ++i) {
-        run += to_f32(g[(bt0 + i) * d.Hv + hv]);
-        gam[i] = run;
-        bet[i] = to_f32(beta[(bt0 + i) * d.Hv + hv]);
-      }
-      for (int i = 0; i < L; ++i) dend[i] = expf(gam[L - 1] - gam[i]);
+    for (int i = tid; i < L; i += kThreads) {
+      gam[i] = to_f32(g[(bt0 + i) * d.Hv + hv]);
+      bet[i] = to_f32(beta[(bt0 + i) * d.Hv + hv]);
     }
     __syncthreads();
-    // A (strictly lower), U = diag(beta) V, W = diag(beta Gam) K.
+    if (tid == 0)  // cumulative log decay, in token order (as the CPU)
+      for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
+    __syncthreads();
+    for (int i = tid; i < L; i += kThreads) dend[i] = expf(gam[L - 1] - gam[i]), bGam[i] = bet[i] * expf(gam[i]);
+    __syncthreads();
+    // A = strictly_lower(diag(beta) (K K^T o decay)), then T = M^-1 = (I + A)^-1 in its place
+    // (W's buffer is free until W is computed: the inverse's scratch).
     block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) { AP[r * C + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
-    for (int i = tid; i < L * nv; i += kThreads) UD[i] *= bet[i / nv];
-    for (int i = tid; i < L * dk; i += kThreads) {
-      const int r = i / dk, c = i % dk;
-      QW[r * LK + c] = K[r * LK + c] * bet[r] * expf(gam[r]);
-    }
     __syncthreads();
-    // Forward substitution with the unit lower M: X_r = RHS_r - sum_{c < r} A_rc X_c, columns
-    // of U and W in parallel.
-    for (int r = 1; r < L; ++r) {
-      for (int col = tid; col < nv + dk; col += kThreads) {
-        float* X = col < nv ? UD + col : QW + (col - nv);
-        const int ld = col < nv ? nv : LK;
-        float acc = 0.f;
-        for (int c = 0; c < r; ++c) acc += AP[r * C + c] * X[c * ld];
-        X[r * ld] -= acc;
-      }
-      __syncthreads();
-    }
-    // Delta = U - W S^T.
+    unit_lower_inverse<T>(L, AP, C, QW);
+    // W = T diag(beta Gam) K.
     block_product<T, kThreads>(
-        L, nv, dk, [&](int r, int c) { return QW[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
-        [&](int r, int e, float ws) { UD[r * nv + e] -= ws; });
+        L, dk, L, [&](int r, int c) { return AP[r * C + c]; },
+        [&](int e, int c) { return bGam[c] * K[c * LK + e]; },
+        [&](int r, int e, float acc) { QW[r * LK + e] = acc; });
+    __syncthreads();
+    // Delta = U - W S^T = T diag(beta) V - W S^T, over V (column-local).
+    block_product_column_local<T, kThreads, kMaxChunk>(
+        L, nv, L + dk, [&](int r, int c) { return c < L ? AP[r * C + c] : QW[r * LK + (c - L)]; },
+        [&](int e, int c) { return c < L ? bet[c] * UD[c * nv + e] : -S[e * LK + (c - L)]; },
+        [&](int r, int e, float acc) { UD[r * nv + e] = acc; });
     __syncthreads();
     // Q into W's place; P = Q K^T o decay (lower incl. diagonal) into A's place.
     for (int i = tid; i < L * dk; i += kThreads) {
@@ -183,9 +221,10 @@ constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the ba
 //   dO [C, dvs]    scale dO, then U recomputed for dA
 //   dD [C, dvs]    dDelta, then dRU (solved in place)
 //   LL [C, C]      K K^T o decay strictly below the diagonal; P^T, then dPd^T, on and above it
+//   Tm [C, C]      T = M^-1 (unit lower; X is the scratch of its inversion)
 //   vectors [C]    gam, Gam, beta, dend (= decay(L-1, .)), dgam, dbeta, g_end, summed dgam; 32 for sums
 struct GdnBwdLayout {
-  int LK, LV, LC, dS, K, dK, W, QR, SR, UD, X, dO, dD, LL, vec, total;
+  int LK, LV, LC, dS, K, dK, W, QR, SR, UD, X, dO, dD, LL, Tm, vec, total;
   __host__ __device__ GdnBwdLayout(int dk, int dvs, int C) {
     LK = dk + 1, LV = dvs + 1, LC = C + 1;
     const int a = C * LK, s = dvs * LK, v = C * LV, l = C * LC;
@@ -201,6 +240,7 @@ struct GdnBwdLayout {
     dO = o, o += v;
     dD = o, o += v;
     LL = o, o += l;
+    Tm = o, o += l;
     vec = o, o += 8 * C + 32;
     total = o;
   }
@@ -209,11 +249,11 @@ struct GdnBwdLayout {
 // Grid (slices, Hv, B), clusters of `slices` blocks along x: block rank r of a cluster owns
 // value columns [r dvs, min(dv, (r + 1) dvs)) of value head blockIdx.y of batch blockIdx.z.
 // Steps per chunk (the CPU's formulas; barriers between steps that read what others write):
-//   recompute: KKd, P; [U | W] by forward substitution; Delta = U - W S^T
+//   recompute: KKd, P; T = M^-1 (unit_lower_inverse); W = T diag(beta Gam) K; Delta = T diag(beta) V - W S^T
 //   dDelta = diag(dend) K dS^T;  dK = diag(dend) Delta dS;  dP = dOs Delta^T;  <S, dS>
 //   g_end, rowsum - colsum of dP o P into dgam;  dDelta += P^T dOs;  dPd = dP o decay
 //   dQ = diag(Gam) dOs S;  dK += dPd^T Q;  dgam += rowsum(Q o dQ);  dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
-//   dQ += dPd K;  dRW = -dDelta S;  [dRU | dRW] = M^-T [dDelta | dRW] (and U again, for dA)
+//   dQ += dPd K;  dRU = M^-T dDelta = T^T dDelta;  dRW = -dRU S;  U = T diag(beta) V again (for dA)
 //   dA = -strictly_lower(dRU U^T + dRW W^T);  dV = diag(beta) dRU;  dbeta, dgam from dRU o V and dRW o K;  dK += diag(beta Gam) dRW
 //   dbeta += rowsum(dA o KKd);  dgam += rowsum - colsum of dA o A;  dK += (dKK + dKK^T) K
 //   cluster: sum the slices' dQ, dK, dbeta, dgam; dg = reverse cumulative sum of dgam.
@@ -246,6 +286,7 @@ __global__ void __launch_bounds__(kThreads)
   float* U2 = sm + ly.dO;
   float* dD = sm + ly.dD;
   float* LL = sm + ly.LL;
+  float* Tm = sm + ly.Tm;
   float* gam = sm + ly.vec;
   float* Gam = gam + C;
   float* bet = Gam + C;
@@ -294,10 +335,6 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / nv, e = i % nv;
       UD[r * LV + e] = to_f32(v[(bt0 + r) * DV + v_off + e]) * bet[r];
     }
-    for (int i = tid; i < L * dk; i += kThreads) {
-      const int r = i / dk, c = i % dk;
-      W[r * LK + c] = K[r * LK + c] * bet[r] * expf(gam[r]);
-    }
     block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) {
@@ -309,21 +346,23 @@ __global__ void __launch_bounds__(kThreads)
           if (c <= r) LL[c * LC + r] = qk * expf(gam[r] - gam[c]);
         });
     __syncthreads();
-    // [U | W] = M^-1 [U | W]: X_r -= beta_r sum_{c < r} KKd_rc X_c, columns in parallel.
-    for (int r = 1; r < L; ++r) {
-      for (int col = tid; col < nv + dk; col += kThreads) {
-        float* Xc = col < nv ? UD + col : W + (col - nv);
-        const int ld = col < nv ? LV : LK;
-        float acc = 0.f;
-        for (int c = 0; c < r; ++c) acc += LL[r * LC + c] * Xc[c * ld];
-        Xc[r * ld] -= bet[r] * acc;
-      }
-      __syncthreads();
+    // T = M^-1 (M = I + strictly_lower(diag(beta) KKd)); W = T diag(beta Gam) K;
+    // Delta = U - W S^T = T diag(beta) V - W S^T (in U's place, column-local).
+    for (int i = tid; i < L * L; i += kThreads) {
+      const int r = i / L, c = i % L;
+      Tm[r * LC + c] = c < r ? bet[r] * LL[r * LC + c] : 0.f;
     }
-    // Delta = U - W S^T (in U's place).
+    __syncthreads();
+    unit_lower_inverse<T>(L, Tm, LC, X);
     block_product<T, kThreads>(
-        L, nv, dk, [&](int r, int c) { return W[r * LK + c]; }, [&](int e, int c) { return S[e * LK + c]; },
-        [&](int r, int e, float ws) { UD[r * LV + e] -= ws; });
+        L, dk, L, [&](int r, int c) { return Tm[r * LC + c]; },
+        [&](int e, int c) { return bet[c] * Gam[c] * K[c * LK + e]; },
+        [&](int r, int e, float acc) { W[r * LK + e] = acc; });
+    __syncthreads();
+    block_product_column_local<T, kThreads, kMaxChunk>(
+        L, nv, L + dk, [&](int r, int c) { return c < L ? Tm[r * LC + c] : W[r * LK + (c - L)]; },
+        [&](int e, int c) { return c < L ? UD[c * LV + e] : -S[e * LK + (c - L)]; },
+        [&](int r, int e, float acc) { UD[r * LV + e] = acc; });
     __syncthreads();
 
     // State passing and the intra-chunk output term.
@@ -396,38 +435,27 @@ __global__ void __launch_bounds__(kThreads)
           [&](int e, int c, float acc) { dS[e * LK + c] = Gam_end * dS[e * LK + c] + acc; });
     }
     __syncthreads();
-    // dQ += dPd K; dRW = -dDelta S (over Q); U's right-hand side diag(beta) V (over dO).
+    // dQ += dPd K; dRU = M^-T dDelta = T^T dDelta (in place); U's right-hand side diag(beta) V
+    // (over dO).
     block_product<T, kThreads>(
         L, dk, L, [&](int i, int j) { return j <= i ? LL[j * LC + i] : 0.f; },
         [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dQ[i * LK + c] += acc; });
-    block_product<T, kThreads>(
-        L, dk, nv, [&](int i, int e) { return dD[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
-        [&](int i, int c, float acc) { dRW[i * LK + c] = -acc; });
+    block_product_column_local<T, kThreads, kMaxChunk>(
+        L, nv, L, [&](int r, int c) { return Tm[c * LC + r]; }, [&](int e, int c) { return dD[c * LV + e]; },
+        [&](int r, int e, float acc) { dD[r * LV + e] = acc; });
     for (int i = tid; i < L * nv; i += kThreads) {
       const int r = i / nv, e = i % nv;
       U2[r * LV + e] = to_f32(v[(bt0 + r) * DV + v_off + e]) * bet[r];
     }
     __syncthreads();
-    // One barrier per row for both: back substitution [dRU | dRW] = M^-T [dDelta | dRW]
-    // (rows L-2 .. 0: X_r -= sum_{c > r} beta_c KKd_cr X_c) and U = M^-1 diag(beta) V again
-    // (rows 1 .. L-1, as above).
-    for (int st = 0; st + 1 < L; ++st) {
-      const int rf = st + 1, rb = L - 2 - st;
-      for (int col = tid; col < 2 * nv + dk; col += kThreads) {
-        if (col < nv) {
-          float acc = 0.f;
-          for (int c = 0; c < rf; ++c) acc += LL[rf * LC + c] * U2[c * LV + col];
-          U2[rf * LV + col] -= bet[rf] * acc;
-        } else {
-          float* Xc = col < 2 * nv ? dD + (col - nv) : dRW + (col - 2 * nv);
-          const int ld = col < 2 * nv ? LV : LK;
-          float acc = 0.f;
-          for (int c = rb + 1; c < L; ++c) acc += bet[c] * LL[c * LC + rb] * Xc[c * ld];
-          Xc[rb * ld] -= acc;
-        }
-      }
-      __syncthreads();
-    }
+    // dRW = M^-T (-dDelta S) = -dRU S (over Q); U = T diag(beta) V again (in place).
+    block_product<T, kThreads>(
+        L, dk, nv, [&](int i, int e) { return dD[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
+        [&](int i, int c, float acc) { dRW[i * LK + c] = -acc; });
+    block_product_column_local<T, kThreads, kMaxChunk>(
+        L, nv, L, [&](int r, int c) { return Tm[r * LC + c]; }, [&](int e, int c) { return U2[c * LV + e]; },
+        [&](int r, int e, float acc) { U2[r * LV + e] = acc; });
+    __syncthreads();
     // dA = -strictly_lower(dRU U^T + dRW W^T) (over S); dV = diag(beta) dRU;
     // dbeta += rowsum(dRU o V) + Gam o rowsum(dRW o K); dgam += beta Gam rowsum(dRW o K);
     // dK += diag(beta Gam) dRW.
@@ -537,8 +565,9 @@ GdnDims gdn_dims(const GdnConfig& c, int64_t Tn) {
 
 void check_core(const char* fn, const GdnConfig& c, int64_t B, int64_t Tn) {
   c.validate();
-  if (c.chunk_size <= 0)
-    throw std::invalid_argument(std::string(fn) + " (CUDA): chunk_size must be > 0 (the device runs the chunked form only)");
+  if (c.chunk_size <= 0 || c.chunk_size > kMaxChunk)
+    throw std::invalid_argument(std::string(fn) + " (CUDA): chunk_size = " + std::to_string(c.chunk_size) +
+                                "; the device runs the chunked form with 1 <= chunk_size <= " + std::to_string(kMaxChunk));
   if (Tn >= (int64_t(1) << 30) || B >= 65536 || c.n_v_heads >= 65536)
     throw std::invalid_argument(shape_str(std::string(fn) + ": too large; B, Tn, Hv", B, Tn, c.n_v_heads));
 }
