@@ -57,12 +57,13 @@ struct GdnDims {
 // above the diagonal is ignored), in place: on return Tm holds T with its unit diagonal and
 // zeros above. In blocks of 16 rows: each diagonal block by forward substitution (a warp per
 // block, a lane per column: 15 steps with warp barriers only), then row block i from the
-// rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16, L]. The
+// rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16, mma_stride(L)]. The
 // chunk's two triangular solves then become products with T (tensor cores for bf16
 // storage) instead of L block-wide barrier steps. Every thread of the block calls it.
 template <class T>
 __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, nb = (L + 15) / 16;
+  const int lt = mma_stride(L);
   for (int blk = warp; blk < nb; blk += kThreads / kWarp) {
     const int b0 = blk * 16, b1 = min(L, b0 + 16), j = b0 + lane;  // lane owns column j of its block
     for (int r = b0 + 1; r < b1; ++r) {
@@ -86,10 +87,10 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
     const int bs = min(16, L - r0);
     block_product<T, kThreads>(
         bs, r0, r0, [&](int m, int k) { return Tm[(r0 + m) * ld + k]; }, [&](int n, int k) { return Tm[k * ld + n]; },
-        [&](int m, int n, float acc) { tmp[m * L + n] = acc; });
+        [&](int m, int n, float acc) { tmp[m * lt + n] = acc; });
     __syncthreads();
     block_product<T, kThreads>(
-        bs, r0, bs, [&](int m, int k) { return Tm[(r0 + m) * ld + r0 + k]; }, [&](int n, int k) { return tmp[k * L + n]; },
+        bs, r0, bs, [&](int m, int k) { return Tm[(r0 + m) * ld + r0 + k]; }, [&](int n, int k) { return tmp[k * lt + n]; },
         [&](int m, int n, float acc) { Tm[(r0 + m) * ld + n] = -acc; });
     __syncthreads();
   }
@@ -103,9 +104,9 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
 // multiple of 32 (Olmo Hybrid's dk = 96).
 // QW also serves as the inverse's scratch [16, C], hence at least 16 floats per row.
 size_t gdn_fwd_smem(const GdnDims& d, int dvs) {
-  const size_t lk = size_t(d.dk) + 1, lqw = std::max<size_t>(lk, 16);
-  return sizeof(float) * (size_t(dvs) * lk + size_t(d.C) * (lk + lqw) + size_t(d.C) * dvs + size_t(d.C) * d.C +
-                          4 * size_t(d.C));
+  const size_t lk = mma_stride(d.dk), lqw = std::max<size_t>(lk, mma_stride(d.C)), lv = mma_stride(dvs),
+               lc = mma_stride(d.C);
+  return sizeof(float) * (size_t(dvs) * lk + size_t(d.C) * (lk + lqw + lv + lc) + 4 * size_t(d.C));
 }
 
 // beta and g in TG: T for the public core, fp32 inside the layer (see GdnActsCuda).
@@ -115,14 +116,14 @@ __global__ void __launch_bounds__(kThreads)
                              const T* __restrict__ k, const T* __restrict__ v, const TG* __restrict__ beta,
                              const TG* __restrict__ g, GdnDims d, int dvs, float scale) {
   extern __shared__ float sm[];
-  const int dk = d.dk, C = d.C, LK = dk + 1;
+  const int dk = d.dk, C = d.C, LK = mma_stride(dk), LV = mma_stride(dvs), LC = mma_stride(C);
   const int e0 = blockIdx.x * dvs, nv = min(dvs, d.dv - e0);  // this block's value columns
   float* S = sm;
   float* K = S + dvs * LK;
   float* QW = K + C * LK;
-  float* UD = QW + C * max(LK, 16);
-  float* AP = UD + C * dvs;
-  float* gam = AP + C * C;
+  float* UD = QW + C * max(LK, LC);
+  float* AP = UD + C * LV;
+  float* gam = AP + C * LC;
   float* bet = gam + C;
   float* dend = bet + C;
   float* bGam = dend + C;  // beta Gam
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int i = tid; i < L * nv; i += kThreads) {
       const int r = i / nv, c = i % nv;
-      UD[i] = to_f32(v[(bt0 + r) * DV + v_off + c]);
+      UD[r * LV + c] = to_f32(v[(bt0 + r) * DV + v_off + c]);
     }
     for (int i = tid; i < L; i += kThreads) {
       gam[i] = to_f32(g[(bt0 + i) * d.Hv + hv]);
@@ -160,20 +161,20 @@ __global__ void __launch_bounds__(kThreads)
     // (W's buffer is free until W is computed: the inverse's scratch).
     block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
-        [&](int r, int c, float kk) { AP[r * C + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
+        [&](int r, int c, float kk) { AP[r * LC + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
     __syncthreads();
-    unit_lower_inverse<T>(L, AP, C, QW);
+    unit_lower_inverse<T>(L, AP, LC, QW);
     // W = T diag(beta Gam) K.
     block_product<T, kThreads>(
-        L, dk, L, [&](int r, int c) { return AP[r * C + c]; },
+        L, dk, L, [&](int r, int c) { return AP[r * LC + c]; },
         [&](int e, int c) { return bGam[c] * K[c * LK + e]; },
         [&](int r, int e, float acc) { QW[r * LK + e] = acc; });
     __syncthreads();
     // Delta = U - W S^T = T diag(beta) V - W S^T, over V (column-local).
     block_product_column_local<T, kThreads, kMaxChunk>(
-        L, nv, L + dk, [&](int r, int c) { return c < L ? AP[r * C + c] : QW[r * LK + (c - L)]; },
-        [&](int e, int c) { return c < L ? bet[c] * UD[c * nv + e] : -S[e * LK + (c - L)]; },
-        [&](int r, int e, float acc) { UD[r * nv + e] = acc; });
+        L, nv, L + dk, [&](int r, int c) { return c < L ? AP[r * LC + c] : QW[r * LK + (c - L)]; },
+        [&](int e, int c) { return c < L ? bet[c] * UD[c * LV + e] : -S[e * LK + (c - L)]; },
+        [&](int r, int e, float acc) { UD[r * LV + e] = acc; });
     __syncthreads();
     // Q into W's place; P = Q K^T o decay (lower incl. diagonal) into A's place.
     for (int i = tid; i < L * dk; i += kThreads) {
@@ -183,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     block_product<T, kThreads>(
         L, L, dk, [&](int r, int e) { return QW[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
-        [&](int r, int c, float qk) { AP[r * C + c] = c <= r ? qk * expf(gam[r] - gam[c]) : 0.f; });
+        [&](int r, int c, float qk) { AP[r * LC + c] = c <= r ? qk * expf(gam[r] - gam[c]) : 0.f; });
     __syncthreads();  // the product above still reads Q
     // Gam_r Q_r into Q's place, so that O is one product over [Q | P] and [S^T; Delta].
     for (int i = tid; i < L * dk; i += kThreads) QW[(i / dk) * LK + i % dk] *= expf(gam[i / dk]);
@@ -191,14 +192,14 @@ __global__ void __launch_bounds__(kThreads)
     // O = scale (Gam_r Q_r . S_e + sum_{c <= r} P_rc Delta_ce)  (P is 0 above the diagonal).
     block_product<T, kThreads>(
         L, nv, dk + L,
-        [&](int r, int c) { return c < dk ? QW[r * LK + c] : AP[r * C + (c - dk)]; },
-        [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * nv + e]; },
+        [&](int r, int c) { return c < dk ? QW[r * LK + c] : AP[r * LC + (c - dk)]; },
+        [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * LV + e]; },
         [&](int r, int e, float acc) { o[(bt0 + r) * DV + v_off + e] = from_f32<T>(scale * acc); });
     __syncthreads();  // S is read above; now update it
     // S' = Gam_{L-1} S + sum_r Delta_r^T decay(L-1, r) K_r.
     const float Gam_end = expf(gam[L - 1]);
     block_product<T, kThreads>(
-        nv, dk, L, [&](int e, int r) { return UD[r * nv + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
+        nv, dk, L, [&](int e, int r) { return UD[r * LV + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
         [&](int e, int c, float acc) { S[e * LK + c] = Gam_end * S[e * LK + c] + acc; });
   }
 }
@@ -210,8 +211,10 @@ constexpr int kWarps = kThreads / kWarp;
 constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the backward: the portable cluster size
 
 // Shared memory of the backward (offsets in floats) for dk, a slice of dvs value columns and
-// chunk C. Rows are padded by one float (dk + 1, dvs + 1, C + 1) against bank conflicts of
-// lanes walking down a column. Regions whose tenants never live at the same time are shared:
+// chunk C. Row strides: LK = mma_stride(dk) for the dk-wide operands (the products' fragment
+// loads conflict-free or 2-way), LV = dvs + 1 and LC = C + 1 for the others (odd: 4-way at
+// worst; mma_stride there too would take Olmo Hybrid's 4 slices of 48 columns past 227 KB).
+// Regions whose tenants never live at the same time are shared:
 //   dS [dvs, dk]   gradient w.r.t. the state leaving the chunk (carried over chunks)
 //   K, dK, W [C, dk]
 //   QR [C, dk]     Q, then dRW
@@ -226,7 +229,7 @@ constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the ba
 struct GdnBwdLayout {
   int LK, LV, LC, dS, K, dK, W, QR, SR, UD, X, dO, dD, LL, Tm, vec, total;
   __host__ __device__ GdnBwdLayout(int dk, int dvs, int C) {
-    LK = dk + 1, LV = dvs + 1, LC = C + 1;
+    LK = mma_stride(dk), LV = dvs + 1, LC = C + 1;
     const int a = C * LK, s = dvs * LK, v = C * LV, l = C * LC;
     int o = 0;
     dS = o, o += s;

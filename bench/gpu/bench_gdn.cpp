@@ -19,9 +19,9 @@
 using namespace hysim::cuda;
 using namespace hysim::cuda::bench;
 
-template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t Tn) {
+template <class T> void run(Context& ctx, const std::string& name, int64_t B, int64_t Tn, int64_t heads) {
   hysim::GdnConfig c;
-  c.n_heads = 30, c.n_v_heads = 30, c.d_head_k = 96, c.d_head_v = 192, c.chunk_size = 64;
+  c.n_heads = heads, c.n_v_heads = heads, c.d_head_k = 96, c.d_head_v = 192, c.chunk_size = 64;
   const int64_t nqk = B * Tn * c.d_qk(), nv = B * Tn * c.d_v(), ng = B * Tn * c.n_v_heads;
   hysim::CounterRng r(7, 1);
   std::vector<float> q(nqk), k(nqk), v(nv), beta(ng), g(ng);
@@ -47,8 +47,8 @@ template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t T
   T* o = arena.alloc<T>(nv);
   T* cs = arena.alloc<T>(B * c.n_v_heads * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
   const double ms = median_ms(ctx, [&] { gdn_chunk_forward(ctx, c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn); }, 2, 10);
-  std::printf("%-34s %9.3f\n", name, ms);
-  std::printf("RESULT %s %.4f\n", name, ms);
+  std::printf("%-34s %9.3f\n", name.c_str(), ms);
+  std::printf("RESULT %s %.4f\n", name.c_str(), ms);
 
   std::vector<float> d_o(nv);
 #pragma omp parallel for schedule(static)
@@ -69,15 +69,25 @@ template <class T> void run(Context& ctx, const char* name, int64_t B, int64_t T
   std::printf("RESULT %s %.4f\n", nfb.c_str(), both);
 }
 
-int main() {
+int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("SKIP: no CUDA device\n");
     return 0;
   }
+  // --heads=16: the 1B hybrid's GDN layer (olmo_hybrid_1b.ini); --bf16: skip the fp32 storage.
+  int64_t heads = 30;
+  bool fp32 = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--heads=", 0) == 0) heads = std::atoll(a.c_str() + 8);
+    else if (a == "--bf16") fp32 = false;
+    else throw std::invalid_argument("bench_gpu_gdn: unknown argument " + a + " (known: --heads=N, --bf16)");
+  }
   std::printf("device: %s\n", device_summary().c_str());
   Context ctx(size_t(64) << 20);
-  std::printf("%-34s %9s\n", "shape (H 30, dk 96, dv 192, C 64)", "ms");
-  run<bf16>(ctx, "gdn_fwd_B4_T4096_bf16", 4, 4096);
-  run<float>(ctx, "gdn_fwd_B4_T4096_fp32", 4, 4096);
+  std::printf("%-34s %9s\n", ("shape (H " + std::to_string(heads) + ", dk 96, dv 192, C 64)").c_str(), "ms");
+  const std::string tag = heads == 30 ? "" : "_H" + std::to_string(heads);
+  run<bf16>(ctx, "gdn_fwd_B4_T4096" + tag + "_bf16", 4, 4096, heads);
+  if (fp32) run<float>(ctx, "gdn_fwd_B4_T4096" + tag + "_fp32", 4, 4096, heads);
   return 0;
 }

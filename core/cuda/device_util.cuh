@@ -87,6 +87,13 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Row stride (floats) of an fp32 matrix in shared memory whose rows are n long and that
+// block_mma reads as fragments: n rounded up to 4 (mod 8). A fragment load touches 8 rows x
+// 4 consecutive columns (or 4 rows x 8 columns when the operand is stored transposed): with
+// the stride = 4 (mod 8) those fall in 32 distinct banks (at most 2 per bank transposed),
+// where a stride of 0 (mod 32) would put 8 lanes on one bank.
+__host__ __device__ constexpr int mma_stride(int n) { return n + (12 - n % 8) % 8; }
+
 // block_gemm's contract on the tensor cores: out(m, n, sum_k fa(m, k) fb(n, k)), operands
 // read element by element through fa, fb (out-of-range entries are zeros, never read),
 // products in tf32 with fp32 accumulation. Each warp takes 16 x 16 output tiles (two mma

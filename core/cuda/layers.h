@@ -146,9 +146,9 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
 // entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 arithmetic
 // (bf16 storage: products on the tensor cores in tf32). One block per (batch, value head,
 // slice of dvs value columns), slices sized for about two blocks per SM; needs
-// ((dvs + C)(dk + 1) + C max(dk + 1, 16) + C dvs + C^2 + 4 C) floats of shared memory per
-// block (C = chunk_size <= 64; Olmo Hybrid's dk 96, C 64 at 48 columns: 98 KB); throws if
-// even 16 columns do not fit.
+// (dvs + C) LK + C max(LK, LC) + C LV + C LC + 4 C floats of shared memory per block (C =
+// chunk_size <= 64; LK, LV, LC = mma_stride of dk, dvs, C; Olmo Hybrid's dk 96, C 64 at 48
+// columns: 102 KB); throws if even 16 columns do not fit.
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);
@@ -158,9 +158,10 @@ void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, 
 // while the grid has fewer blocks than SMs; at most 8), slices summed in order through
 // distributed shared memory. Value heads of a q/k head (Hv > H) are summed in order from
 // fp32 scratch (2 B Tn Hv dk floats). Deterministic (no atomics). Shared memory per block:
-// (dvs + 4 C)(dk + 1) + max(dvs (dk + 1), C (C + 1)) + 3 C (dvs + 1) + max(C (C + 1), C (dk - dvs))
-// + 2 C (C + 1) + 8 C + 32 floats for dvs value columns per slice (Olmo Hybrid's
-// dk 96, dv 192, C 64: 4 slices of 48, 221 KB); throws naming the need if even 8 slices do not fit.
+// (dvs + 4 C) LK + max(dvs LK, C LC) + 3 C LV + max(C LC, C (LK - LV)) + 2 C LC + 8 C + 32
+// floats for dvs value columns per slice (LK = mma_stride(dk), LV = dvs + 1, LC = C + 1;
+// Olmo Hybrid's dk 96, dv 192, C 64: 4 slices of 48, 225 KB); throws naming the need if even
+// 8 slices do not fit.
 template <class T>
 void gdn_chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, T* dbeta, T* dg, const T* d_o,
                         const T* q, const T* k, const T* v, const T* beta, const T* g, const T* chunk_states,
