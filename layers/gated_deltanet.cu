@@ -60,11 +60,11 @@ struct GdnDims {
 // rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16, mma_stride(L)]. The
 // chunk's two triangular solves then become products with T (tensor cores for bf16
 // storage) instead of L block-wide barrier steps. Every thread of the block calls it.
-template <class T>
+template <class T, int Threads>
 __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, nb = (L + 15) / 16;
   const int lt = mma_stride(L);
-  for (int blk = warp; blk < nb; blk += kThreads / kWarp) {
+  for (int blk = warp; blk < nb; blk += Threads / kWarp) {
     const int b0 = blk * 16, b1 = min(L, b0 + 16), j = b0 + lane;  // lane owns column j of its block
     for (int r = b0 + 1; r < b1; ++r) {
       float val = 0.f;
@@ -78,18 +78,18 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
     }
   }
   // The diagonal and above are not read by the substitution above: set them now.
-  for (int i = int(threadIdx.x); i < L * L; i += kThreads) {
+  for (int i = int(threadIdx.x); i < L * L; i += Threads) {
     const int r = i / L, c = i % L;
     if (c >= r) Tm[r * ld + c] = c == r ? 1.f : 0.f;
   }
   __syncthreads();
   for (int r0 = 16; r0 < L; r0 += 16) {
     const int bs = min(16, L - r0);
-    block_product<T, kThreads>(
+    block_product<T, Threads>(
         bs, r0, r0, [&](int m, int k) { return Tm[(r0 + m) * ld + k]; }, [&](int n, int k) { return Tm[k * ld + n]; },
         [&](int m, int n, float acc) { tmp[m * lt + n] = acc; });
     __syncthreads();
-    block_product<T, kThreads>(
+    block_product<T, Threads>(
         bs, r0, bs, [&](int m, int k) { return Tm[(r0 + m) * ld + r0 + k]; }, [&](int n, int k) { return tmp[k * lt + n]; },
         [&](int m, int n, float acc) { Tm[(r0 + m) * ld + n] = -acc; });
     __syncthreads();
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kThreads)
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) { AP[r * LC + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
     __syncthreads();
-    unit_lower_inverse<T>(L, AP, LC, QW);
+    unit_lower_inverse<T, kThreads>(L, AP, LC, QW);
     // W = T diag(beta Gam) K.
     block_product<T, kThreads>(
         L, dk, L, [&](int r, int c) { return AP[r * LC + c]; },
@@ -207,7 +207,10 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- core backward ------------------------------------------------------------------
 
-constexpr int kWarps = kThreads / kWarp;
+// The backward runs 16 warps per block: one block per SM fits (shared memory), and 8 warps
+// left the SM waiting on latency (Nsight Compute: 0.36 eligible warps per scheduler).
+constexpr int kBwdThreads = 512;
+constexpr int kBwdWarps = kBwdThreads / kWarp;
 constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the backward: the portable cluster size
 
 // Shared memory of the backward (offsets in floats) for dk, a slice of dvs value columns and
@@ -261,7 +264,7 @@ struct GdnBwdLayout {
 //   dbeta += rowsum(dA o KKd);  dgam += rowsum - colsum of dA o A;  dK += (dKK + dKK^T) K
 //   cluster: sum the slices' dQ, dK, dbeta, dgam; dg = reverse cumulative sum of dgam.
 template <class T, class TG>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kBwdThreads, 1)
     gdn_chunk_backward_kernel(T* __restrict__ dq, T* __restrict__ dk_out, float* __restrict__ dq_heads,
                               float* __restrict__ dk_heads, T* __restrict__ dv_out, TG* __restrict__ dbeta,
                               TG* __restrict__ dg, const T* __restrict__ d_o, const T* __restrict__ q,
@@ -305,23 +308,23 @@ __global__ void __launch_bounds__(kThreads)
   const int e0 = rank * dvs, nv = min(dvs, d.dv - e0);
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv;
   const int64_t qk_off = int64_t(hv / (d.Hv / d.H)) * dk, v_off = int64_t(hv) * d.dv + e0;
-  for (int i = tid; i < nv * LK; i += kThreads) dS[i] = 0.f;
+  for (int i = tid; i < nv * LK; i += kBwdThreads) dS[i] = 0.f;
 
   for (int kc = d.NC - 1; kc >= 0; --kc) {
     const int t0 = kc * C, L = min(C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
     const T* cs = chunk_states + ((int64_t(b) * d.Hv + hv) * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
-    for (int i = tid; i < nv * dk; i += kThreads) S[(i / dk) * LK + i % dk] = to_f32(cs[i]);
-    for (int i = tid; i < L * dk; i += kThreads) {
+    for (int i = tid; i < nv * dk; i += kBwdThreads) S[(i / dk) * LK + i % dk] = to_f32(cs[i]);
+    for (int i = tid; i < L * dk; i += kBwdThreads) {
       const int r = i / dk, c = i % dk;
       K[r * LK + c] = to_f32(k[(bt0 + r) * QK + qk_off + c]);
       Q[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
     }
-    for (int i = tid; i < L * nv; i += kThreads) {
+    for (int i = tid; i < L * nv; i += kBwdThreads) {
       const int r = i / nv, e = i % nv;
       dO[r * LV + e] = scale * to_f32(d_o[(bt0 + r) * DV + v_off + e]);
     }
-    for (int i = tid; i < L; i += kThreads) {
+    for (int i = tid; i < L; i += kBwdThreads) {
       gam[i] = to_f32(g[(bt0 + i) * d.Hv + hv]);
       bet[i] = to_f32(beta[(bt0 + i) * d.Hv + hv]);
       dgam[i] = 0.f, dbet[i] = 0.f;
@@ -333,17 +336,17 @@ __global__ void __launch_bounds__(kThreads)
 
     // Recompute the chunk: right-hand sides diag(beta) V, diag(beta Gam) K; KKd below the
     // diagonal of LL, P^T on and above it.
-    for (int i = tid; i < L; i += kThreads) Gam[i] = expf(gam[i]), dend[i] = expf(gam[L - 1] - gam[i]);
-    for (int i = tid; i < L * nv; i += kThreads) {
+    for (int i = tid; i < L; i += kBwdThreads) Gam[i] = expf(gam[i]), dend[i] = expf(gam[L - 1] - gam[i]);
+    for (int i = tid; i < L * nv; i += kBwdThreads) {
       const int r = i / nv, e = i % nv;
       UD[r * LV + e] = to_f32(v[(bt0 + r) * DV + v_off + e]) * bet[r];
     }
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float kk) {
           if (c < r) LL[r * LC + c] = kk * expf(gam[r] - gam[c]);
         });
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, L, dk, [&](int r, int e) { return Q[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
         [&](int r, int c, float qk) {
           if (c <= r) LL[c * LC + r] = qk * expf(gam[r] - gam[c]);
@@ -351,44 +354,44 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     // T = M^-1 (M = I + strictly_lower(diag(beta) KKd)); W = T diag(beta Gam) K;
     // Delta = U - W S^T = T diag(beta) V - W S^T (in U's place, column-local).
-    for (int i = tid; i < L * L; i += kThreads) {
+    for (int i = tid; i < L * L; i += kBwdThreads) {
       const int r = i / L, c = i % L;
       Tm[r * LC + c] = c < r ? bet[r] * LL[r * LC + c] : 0.f;
     }
     __syncthreads();
-    unit_lower_inverse<T>(L, Tm, LC, X);
-    block_product<T, kThreads>(
+    unit_lower_inverse<T, kBwdThreads>(L, Tm, LC, X);
+    block_product<T, kBwdThreads>(
         L, dk, L, [&](int r, int c) { return Tm[r * LC + c]; },
         [&](int e, int c) { return bet[c] * Gam[c] * K[c * LK + e]; },
         [&](int r, int e, float acc) { W[r * LK + e] = acc; });
     __syncthreads();
-    block_product_column_local<T, kThreads, kMaxChunk>(
+    block_product_column_local<T, kBwdThreads, kMaxChunk>(
         L, nv, L + dk, [&](int r, int c) { return c < L ? Tm[r * LC + c] : W[r * LK + (c - L)]; },
         [&](int e, int c) { return c < L ? UD[c * LV + e] : -S[e * LK + (c - L)]; },
         [&](int r, int e, float acc) { UD[r * LV + e] = acc; });
     __syncthreads();
 
     // State passing and the intra-chunk output term.
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, nv, dk, [&](int r, int c) { return K[r * LK + c]; }, [&](int e, int c) { return dS[e * LK + c]; },
         [&](int r, int e, float acc) { dD[r * LV + e] = dend[r] * acc; });
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, dk, nv, [&](int r, int e) { return UD[r * LV + e]; }, [&](int c, int e) { return dS[e * LK + c]; },
         [&](int r, int c, float acc) { dK[r * LK + c] = dend[r] * acc; });
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, L, nv, [&](int i, int e) { return dO[i * LV + e]; }, [&](int j, int e) { return UD[j * LV + e]; },
         [&](int i, int j, float acc) {
           if (j <= i) X[i * LC + j] = acc;
         });
     {
       float s = 0.f;
-      for (int i = tid; i < nv * dk; i += kThreads) s += S[(i / dk) * LK + i % dk] * dS[(i / dk) * LK + i % dk];
+      for (int i = tid; i < nv * dk; i += kBwdThreads) s += S[(i / dk) * LK + i % dk] * dS[(i / dk) * LK + i % dk];
       s = warp_sum(s);
       if (lane == 0) red[warp] = s;
     }
     __syncthreads();
     // g_end = rowsum(K o dK) (dK = diag(dend) Delta dS so far); G = dP o P: rowsum - colsum.
-    for (int i = warp; i < L; i += kWarps) {
+    for (int i = warp; i < L; i += kBwdWarps) {
       float ge = 0.f, gs = 0.f;
       for (int c = lane; c < dk; c += kWarp) ge += K[i * LK + c] * dK[i * LK + c];
       for (int j = lane; j <= i; j += kWarp) gs += X[i * LC + j] * LL[j * LC + i];
@@ -397,33 +400,33 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) gtmp[i] = ge, dgam[i] += gs - ge;
     }
     // dDelta += P^T dOs.
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, nv, L, [&](int j, int i) { return i >= j ? LL[j * LC + i] : 0.f; },
         [&](int e, int i) { return dO[i * LV + e]; }, [&](int j, int e, float acc) { dD[j * LV + e] += acc; });
     __syncthreads();
     // dPd = dP o decay, transposed over P (no longer needed); dgam_{L-1} += Gam_{L-1} <S, dS> + sum g_end.
-    for (int idx = tid; idx < L * L; idx += kThreads) {
+    for (int idx = tid; idx < L * L; idx += kBwdThreads) {
       const int i = idx / L, j = idx % L;
       if (j <= i) LL[j * LC + i] = X[i * LC + j] * expf(gam[i] - gam[j]);
     }
     if (tid == 0) {
       float s = 0.f, ge = 0.f;
-      for (int w = 0; w < kWarps; ++w) s += red[w];
+      for (int w = 0; w < kBwdWarps; ++w) s += red[w];
       for (int i = 0; i < L; ++i) ge += gtmp[i];
       dgam[L - 1] += Gam[L - 1] * s + ge;
     }
     __syncthreads();
     // dQ = diag(Gam) dOs S (over UD and X, both free now); dK += dPd^T Q.
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, dk, nv, [&](int i, int e) { return dO[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
         [&](int i, int c, float acc) { dQ[i * LK + c] = Gam[i] * acc; });
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, dk, L, [&](int j, int i) { return i >= j ? LL[j * LC + i] : 0.f; },
         [&](int c, int i) { return Q[i * LK + c]; }, [&](int j, int c, float acc) { dK[j * LK + c] += acc; });
     __syncthreads();
     // dgam += rowsum(Q o dQ) (= Gam o rowsum(dOs o Q S^T)); the state gradient for the
     // previous chunk: dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W.
-    for (int i = warp; i < L; i += kWarps) {
+    for (int i = warp; i < L; i += kBwdWarps) {
       float s = 0.f;
       for (int c = lane; c < dk; c += kWarp) s += Q[i * LK + c] * dQ[i * LK + c];
       s = warp_sum(s);
@@ -431,7 +434,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     {
       const float Gam_end = Gam[L - 1];
-      block_product<T, kThreads>(
+      block_product<T, kBwdThreads>(
           nv, dk, 2 * L,
           [&](int e, int j) { return j < L ? Gam[j] * dO[j * LV + e] : -dD[(j - L) * LV + e]; },
           [&](int c, int j) { return j < L ? Q[j * LK + c] : W[(j - L) * LK + c]; },
@@ -440,33 +443,33 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     // dQ += dPd K; dRU = M^-T dDelta = T^T dDelta (in place); U's right-hand side diag(beta) V
     // (over dO).
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, dk, L, [&](int i, int j) { return j <= i ? LL[j * LC + i] : 0.f; },
         [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dQ[i * LK + c] += acc; });
-    block_product_column_local<T, kThreads, kMaxChunk>(
+    block_product_column_local<T, kBwdThreads, kMaxChunk>(
         L, nv, L, [&](int r, int c) { return Tm[c * LC + r]; }, [&](int e, int c) { return dD[c * LV + e]; },
         [&](int r, int e, float acc) { dD[r * LV + e] = acc; });
-    for (int i = tid; i < L * nv; i += kThreads) {
+    for (int i = tid; i < L * nv; i += kBwdThreads) {
       const int r = i / nv, e = i % nv;
       U2[r * LV + e] = to_f32(v[(bt0 + r) * DV + v_off + e]) * bet[r];
     }
     __syncthreads();
     // dRW = M^-T (-dDelta S) = -dRU S (over Q); U = T diag(beta) V again (in place).
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, dk, nv, [&](int i, int e) { return dD[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
         [&](int i, int c, float acc) { dRW[i * LK + c] = -acc; });
-    block_product_column_local<T, kThreads, kMaxChunk>(
+    block_product_column_local<T, kBwdThreads, kMaxChunk>(
         L, nv, L, [&](int r, int c) { return Tm[r * LC + c]; }, [&](int e, int c) { return U2[c * LV + e]; },
         [&](int r, int e, float acc) { U2[r * LV + e] = acc; });
     __syncthreads();
     // dA = -strictly_lower(dRU U^T + dRW W^T) (over S); dV = diag(beta) dRU;
     // dbeta += rowsum(dRU o V) + Gam o rowsum(dRW o K); dgam += beta Gam rowsum(dRW o K);
     // dK += diag(beta Gam) dRW.
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, L, nv + dk, [&](int i, int j) { return j < nv ? dD[i * LV + j] : dRW[i * LK + (j - nv)]; },
         [&](int r, int j) { return j < nv ? U2[r * LV + j] : W[r * LK + (j - nv)]; },
         [&](int i, int r, float acc) { dA[i * LC + r] = r < i ? -acc : 0.f; });
-    for (int i = warp; i < L; i += kWarps) {
+    for (int i = warp; i < L; i += kBwdWarps) {
       float tv = 0.f, tw = 0.f;
       for (int e = lane; e < nv; e += kWarp) {
         const float dru = dD[i * LV + e];
@@ -478,13 +481,13 @@ __global__ void __launch_bounds__(kThreads)
       tv = warp_sum(tv), tw = warp_sum(tw);
       if (lane == 0) dbet[i] += tv + Gam[i] * tw, dgam[i] += bet[i] * Gam[i] * tw;
     }
-    for (int idx = tid; idx < L * dk; idx += kThreads) {
+    for (int idx = tid; idx < L * dk; idx += kBwdThreads) {
       const int r = idx / dk, c = idx % dk;
       dK[r * LK + c] += bet[r] * Gam[r] * dRW[r * LK + c];
     }
     __syncthreads();
     // A = strictly_lower(diag(beta) KKd): dbeta += rowsum(dA o KKd); G = dA o A: rowsum - colsum.
-    for (int i = warp; i < L; i += kWarps) {
+    for (int i = warp; i < L; i += kBwdWarps) {
       float sb = 0.f, sc = 0.f;
       for (int j = lane; j < i; j += kWarp) sb += dA[i * LC + j] * LL[i * LC + j];
       for (int r = i + 1 + lane; r < L; r += kWarp) sc += bet[r] * dA[r * LC + i] * LL[r * LC + i];
@@ -493,13 +496,13 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     // dKK = diag(beta) (dA o decay), in place (zero on and above the diagonal).
-    for (int idx = tid; idx < L * L; idx += kThreads) {
+    for (int idx = tid; idx < L * L; idx += kBwdThreads) {
       const int i = idx / L, j = idx % L;
       if (j < i) dA[i * LC + j] *= bet[i] * expf(gam[i] - gam[j]);
     }
     __syncthreads();
     // dK += (dKK + dKK^T) K.
-    block_product<T, kThreads>(
+    block_product<T, kBwdThreads>(
         L, dk, L, [&](int i, int j) { return dA[i * LC + j] + dA[j * LC + i]; },
         [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dK[i * LK + c] += acc; });
     cluster.sync();
@@ -508,7 +511,7 @@ __global__ void __launch_bounds__(kThreads)
     // dbeta and dg (the reverse cumulative sum of dgam over the chunk: gam = cumsum(g)).
     {
       const int r0 = rank * L / ns, r1 = (rank + 1) * L / ns;
-      for (int idx = tid; idx < (r1 - r0) * dk; idx += kThreads) {
+      for (int idx = tid; idx < (r1 - r0) * dk; idx += kBwdThreads) {
         const int i = r0 + idx / dk, c = idx % dk;
         float sq = 0.f, sk = 0.f;
         for (int p = 0; p < ns; ++p) {
@@ -524,7 +527,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       if (rank == 0) {
-        for (int i = tid; i < L; i += kThreads) {
+        for (int i = tid; i < L; i += kBwdThreads) {
           float sg = 0.f, sb = 0.f;
           for (int p = 0; p < ns; ++p) {
             sg += cluster.map_shared_rank(dgam, p)[i];
@@ -648,7 +651,7 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
 
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(unsigned(slices), unsigned(c.n_v_heads), unsigned(B));
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(kBwdThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = ctx.stream;
   cudaLaunchAttribute attr[1];

@@ -138,41 +138,36 @@ __device__ __forceinline__ void block_product(int M, int N, int K, FA fa, FB fb,
 
 // In-place products X = F(X) where output column n reads only column n of the operand it
 // overwrites (e.g. X = T X, or Delta = T U - W S^T written over U): out(m, n, .) may write
-// what fb(n, .) reads. M <= MaxM. On the tensor cores each warp owns 16-column strips and
+// what fb(n, .) reads. M <= MaxM. On the tensor cores each warp owns 8-column strips and
 // keeps the whole strip (all M rows) in registers until its last read; in fp32 each thread
 // owns whole columns. No block barrier inside; columns of different threads never alias.
 template <int Threads, int MaxM, class FA, class FB, class FO>
 __device__ void block_mma_column_local(int M, int N, int K, FA fa, FB fb, FO out) {
   constexpr int RT = MaxM / 16;
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
-  for (int n0 = warp * 16; n0 < N; n0 += Threads / kWarp * 16) {
-    float acc[RT][2][4] = {};
+  for (int n0 = warp * 8; n0 < N; n0 += Threads / kWarp * 8) {  // strips of 8 columns: more warps busy
+    float acc[RT][4] = {};
     for (int k0 = 0; k0 < K; k0 += 8) {
       const int ka = k0 + t, kb = k0 + t + 4;
       const auto A = [&](int m, int k) { return to_tf32(m < M && k < K ? fa(m, k) : 0.f); };
       const auto Bv = [&](int n, int k) { return to_tf32(n < N && k < K ? fb(n, k) : 0.f); };
-      uint32_t b[2][2];
-#pragma unroll
-      for (int j = 0; j < 2; ++j) b[j][0] = Bv(n0 + 8 * j + g, ka), b[j][1] = Bv(n0 + 8 * j + g, kb);
+      const uint32_t b0 = Bv(n0 + g, ka), b1 = Bv(n0 + g, kb);
 #pragma unroll
       for (int i = 0; i < RT; ++i) {
         if (i * 16 >= M) break;
         const int m0 = i * 16;
         const uint32_t a[4] = {A(m0 + g, ka), A(m0 + g + 8, ka), A(m0 + g, kb), A(m0 + g + 8, kb)};
-#pragma unroll
-        for (int j = 0; j < 2; ++j) mma_tf32(acc[i][j], a, b[j][0], b[j][1]);
+        mma_tf32(acc[i], a, b0, b1);
       }
     }
     __syncwarp();  // every lane's reads of the strip are done
 #pragma unroll
     for (int i = 0; i < RT; ++i)
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int m = i * 16 + g + 8 * (r / 2), n = n0 + 8 * j + 2 * t + r % 2;
-          if (m < M && n < N) out(m, n, acc[i][j][r]);
-        }
+      for (int r = 0; r < 4; ++r) {
+        const int m = i * 16 + g + 8 * (r / 2), n = n0 + 2 * t + r % 2;
+        if (m < M && n < N) out(m, n, acc[i][r]);
+      }
   }
 }
 template <int Threads, int MaxM, class FA, class FB, class FO>
