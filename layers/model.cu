@@ -1,12 +1,14 @@
 // The model on one GPU (core/cuda/model.h): the block walk of layers/model.cpp with the
 // CUDA layers. Kept line for line parallel to the CPU's forward_blocks/forward_backward
 // so that the two can be read side by side.
+#include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "core/cuda/check.h"
 #include "core/cuda/device_util.cuh"
 #include "core/cuda/model.h"
+#include "core/cuda/phase_timer.h"
 
 namespace hysim::cuda {
 
@@ -213,8 +215,20 @@ void DeviceModel::scale_grad(float s) {
 
 // ---- mixer dispatch: the one place on the GPU that switches on the mixer letter ------
 
+// PhaseTimer span names (static strings) of a block's mixer, forward or backward.
+static const char* phase_name(char letter, bool backward) {
+  switch (letter) {
+    case 'A': return backward ? "bwd attention (norm, mixer, residual)" : "fwd attention (norm, mixer, residual)";
+    case 'W': return backward ? "bwd sliding window (norm, mixer, residual)" : "fwd sliding window (norm, mixer, residual)";
+    case 'G': return backward ? "bwd GDN (norm, mixer, residual)" : "fwd GDN (norm, mixer, residual)";
+    default: return backward ? "bwd Mamba2 (norm, mixer, residual)" : "fwd Mamba2 (norm, mixer, residual)";
+  }
+}
+
+
 void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
   const int64_t N = B * Tn, D = cfg.d_model;
+  PhaseScope fwd_span(ctx_.stream, "forward (all)");
   embedding_forward(ctx_, blocks_.empty() ? x_final_ : blocks_[0].x, tokens_, params_.embed_tokens, N, D,
                     cfg.vocab_size);
   for (size_t i = 0; i < letters.size(); ++i) {
@@ -232,8 +246,12 @@ void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
         case 'M': mamba2_forward(ctx_, mamba2_config(cfg), p.m2, a.m2, y, x, B, Tn); break;
       }
     };
-    residual_forward(ctx_, place, mixer, p.mixer_norm.w, cfg.norm_eps, a.x, a.norm1, a.rstd1, a.mixer_out, h, N, D);
+    {
+      PhaseScope span(ctx_.stream, phase_name(p.letter, false));
+      residual_forward(ctx_, place, mixer, p.mixer_norm.w, cfg.norm_eps, a.x, a.norm1, a.rstd1, a.mixer_out, h, N, D);
+    }
     if (cfg.d_mlp > 0) {
+      PhaseScope span(ctx_.stream, "fwd MLP (norm, SwiGLU, residual)");
       const SwiGLUConfig mc = mlp_config(cfg);
       residual_forward(
           ctx_, place, [&](bf16* y, const bf16* x) { swiglu_forward(ctx_, mc, p.mlp, a.mlp, y, x, B, Tn); },
@@ -251,11 +269,14 @@ StepStats DeviceModel::forward_backward(const int32_t* tokens, const int32_t* ta
   to_device(ctx_, targets_, targets, N);
   if (loss_mask) to_device(ctx_, loss_mask_, loss_mask, N);
   forward_blocks(B, Tn);
+  std::optional<PhaseScope> head_span(std::in_place, ctx_.stream, "LM head + loss (fwd and bwd)");
   const LmHeadStats s = lm_head_loss(ctx_, compute_grad ? d_normed_ : nullptr, compute_grad ? grads_.lm_head : nullptr,
                                      normed_, params_.lm_head, targets_, loss_mask ? loss_mask_ : nullptr, N, D,
                                      cfg.vocab_size, z_loss, 0, compute_grad);
+  head_span.reset();
   StepStats st{s.loss, s.z_loss_term, s.weight_sum, s.n_correct};
   if (!compute_grad) return st;
+  PhaseScope bwd_span(ctx_.stream, "backward (all)");
 
   // d_normed holds d loss / d normed; walk back through the final norm and the blocks.
   // dy: gradient w.r.t. the current block's output; dx: w.r.t. its input.
@@ -268,6 +289,7 @@ StepStats DeviceModel::forward_backward(const int32_t* tokens, const int32_t* ta
     const NormPlacement place = norm_placement(cfg, p.letter);
     const bf16* dh = dy;
     if (cfg.d_mlp > 0) {
+      PhaseScope span(ctx_.stream, "bwd MLP (norm, SwiGLU, residual)");
       const SwiGLUConfig mc = mlp_config(cfg);
       residual_backward(
           ctx_, place,
@@ -287,8 +309,11 @@ StepStats DeviceModel::forward_backward(const int32_t* tokens, const int32_t* ta
         case 'M': mamba2_backward(ctx_, mamba2_config(cfg), p.m2, g.m2, a.m2, dxb, dyb, xb, B, Tn); break;
       }
     };
-    residual_backward(ctx_, place, mixer_bwd, p.mixer_norm.w, g.mixer_norm.w, a.x, a.norm1, a.rstd1, dx, dh, dtmp_,
-                      N, D);
+    {
+      PhaseScope span(ctx_.stream, phase_name(p.letter, true));
+      residual_backward(ctx_, place, mixer_bwd, p.mixer_norm.w, g.mixer_norm.w, a.x, a.norm1, a.rstd1, dx, dh,
+                        dtmp_, N, D);
+    }
     std::swap(dx, dy);  // the block's input gradient is the earlier block's output gradient
   }
   embedding_backward(ctx_, grads_.embed_tokens, dy, tokens_, N, D);

@@ -21,6 +21,7 @@
 #include "bench/gpu/bench_common.h"
 #include "core/config.h"
 #include "core/cuda/gemm.h"
+#include "core/cuda/phase_timer.h"
 #include "core/rng.h"
 #include "core/train_backend.h"
 #include "scaling/accounting.h"
@@ -126,5 +127,14 @@ int main(int argc, char** argv) {
               est.optimizer / double(1ull << 30), est.activations / double(1ull << 30));
   std::printf("%-36s %+11.1f%%\n", "measured vs estimate", 100 * (peak_gib / est_gib - 1));
   std::printf("RESULT model_step %.1f %.3f %.4f %.3f\n", tok_s, step_ms, mfu, peak_gib);
+
+  // Where the time goes: one more step with the phase spans on (CUDA events between phases;
+  // the step's own time is the sum of the top-level spans plus host gaps).
+  PhaseTimer::global().enable(true);
+  step();
+  PhaseTimer::global().enable(false);
+  std::printf("\n%-46s %9s %7s %6s\n", "phase (one step, spans nest)", "ms", "% step", "calls");
+  for (const PhaseTotal& t : PhaseTimer::global().collect())
+    std::printf("%-46s %9.1f %6.1f%% %6d\n", t.name.c_str(), t.ms, 100 * t.ms / step_ms, t.count);
   return 0;
 }

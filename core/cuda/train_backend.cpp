@@ -4,6 +4,7 @@
 
 #include "core/cuda/adamw.h"
 #include "core/cuda/model.h"
+#include "core/cuda/phase_timer.h"
 #include "core/train_backend.h"
 
 namespace hysim {
@@ -38,6 +39,7 @@ class CudaBackend final : public TrainBackend {
   }
   void scale_grad(double s) override { model_.scale_grad(float(s)); }
   double update(double lr, double max_norm) override {
+    cuda::PhaseScope span(ctx_.stream, "clip + AdamW");
     return adam_.update(ctx_, model_.master(), model_.weights(), model_.grad(), lr, max_norm);
   }
   std::vector<NamedTensor> param_tensors() override {
