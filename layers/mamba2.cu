@@ -31,10 +31,11 @@ struct SsdDims {
 };
 
 // Shared memory (floats): S [P, N], X [Q, P], Bm [Q, N], Cm [Q, N], M [Q, Q], acum, dt,
-// w [Q]. Rows of S, Bm, Cm padded to N + 1 (lanes walking down a column of N-wide rows).
+// w [Q]. Row strides mma_stride(N), mma_stride(P), mma_stride(Q): conflict-free (or 2-way)
+// fragment loads for the tensor-core products.
 size_t ssd_fwd_smem(const SsdDims& d) {
-  const size_t ln = size_t(d.N) + 1;
-  return sizeof(float) * (size_t(d.P) * ln + size_t(d.Q) * d.P + 2 * size_t(d.Q) * ln + size_t(d.Q) * d.Q +
+  const size_t ln = mma_stride(d.N), lp = mma_stride(d.P), lq = mma_stride(d.Q);
+  return sizeof(float) * (size_t(d.P) * ln + size_t(d.Q) * lp + 2 * size_t(d.Q) * ln + size_t(d.Q) * lq +
                           3 * size_t(d.Q));
 }
 
@@ -46,13 +47,13 @@ __global__ void __launch_bounds__(kThreads)
                                 const TD* __restrict__ dt, const TD* __restrict__ A, const T* __restrict__ Dskip,
                                 SsdDims d) {
   extern __shared__ float sm[];
-  const int P = d.P, N = d.N, Q = d.Q, LN = N + 1;
+  const int P = d.P, N = d.N, Q = d.Q, LN = mma_stride(N), LP = mma_stride(P), LQ = mma_stride(Q);
   float* S = sm;
   float* X = S + P * LN;
-  float* Bm = X + Q * P;
+  float* Bm = X + Q * LP;
   float* Cm = Bm + Q * LN;
   float* M = Cm + Q * LN;
-  float* acum = M + Q * Q;
+  float* acum = M + Q * LQ;
   float* dts = acum + Q;
   float* w = dts + Q;
 
@@ -68,7 +69,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // previous chunk's state update done
     T* cs = chunk_states + ((int64_t(b) * d.H + h) * d.NC + kc) * P * N;
     for (int i = tid; i < P * N; i += kThreads) cs[i] = from_f32<T>(S[(i / N) * LN + i % N]);
-    for (int i = tid; i < L * P; i += kThreads) X[i] = to_f32(xbc[(bt0 + i / P) * d.CD + x_off + i % P]);
+    for (int i = tid; i < L * P; i += kThreads) {
+      const int t = i / P, p = i % P;
+      X[t * LP + p] = to_f32(xbc[(bt0 + t) * d.CD + x_off + p]);
+    }
     for (int i = tid; i < L * N; i += kThreads) {
       const int r = i / N, c = i % N;
       const T* row = xbc + (bt0 + r) * d.CD;
@@ -87,33 +91,34 @@ __global__ void __launch_bounds__(kThreads)
     // M = (C B^T o decay) diag(dt), zero above the diagonal.
     block_product<T, kThreads>(
         L, L, N, [&](int t, int n) { return Cm[t * LN + n]; }, [&](int s, int n) { return Bm[s * LN + n]; },
-        [&](int t, int s, float cb) { M[t * Q + s] = s <= t ? cb * expf(acum[t] - acum[s]) * dts[s] : 0.f; });
+        [&](int t, int s, float cb) { M[t * LQ + s] = s <= t ? cb * expf(acum[t] - acum[s]) * dts[s] : 0.f; });
     __syncthreads();
     // Y = M X + diag(exp(acum)) C S^T: one product over [M | diag(exp(acum)) C] and [X; S^T].
     block_product<T, kThreads>(
         L, P, L + N,
-        [&](int t, int k) { return k < L ? M[t * Q + k] : expf(acum[t]) * Cm[t * LN + (k - L)]; },
-        [&](int p, int k) { return k < L ? X[k * P + p] : S[p * LN + (k - L)]; },
-        [&](int t, int p, float acc) { y[(bt0 + t) * d.DI + x_off + p] = from_f32<T>(acc + Dh * X[t * P + p]); });
+        [&](int t, int k) { return k < L ? M[t * LQ + k] : expf(acum[t]) * Cm[t * LN + (k - L)]; },
+        [&](int p, int k) { return k < L ? X[k * LP + p] : S[p * LN + (k - L)]; },
+        [&](int t, int p, float acc) { y[(bt0 + t) * d.DI + x_off + p] = from_f32<T>(acc + Dh * X[t * LP + p]); });
     __syncthreads();  // S is read above; now update it
     const float e_end = expf(acum[L - 1]);
     block_product<T, kThreads>(
-        P, N, L, [&](int p, int t) { return X[t * P + p] * w[t]; }, [&](int n, int t) { return Bm[t * LN + n]; },
+        P, N, L, [&](int p, int t) { return X[t * LP + p] * w[t]; }, [&](int n, int t) { return Bm[t * LN + n]; },
         [&](int p, int n, float acc) { S[p * LN + n] = e_end * S[p * LN + n] + acc; });
   }
 }
 
 // Shared memory (floats) of the backward: S, dS [P, N]; X, dY [Q, P]; Bm, Cm [Q, N]; a work
 // area for (X dS [Q, N] and C S^T [Q, P]) or (CBd and dM / dCB [Q, Q]); 10 vectors of Q;
-// the block's warp partial sums. Rows padded by one (lanes walk down columns).
+// the block's warp partial sums. Row strides mma_stride(N), mma_stride(P), mma_stride(Q)
+// (the tensor-core fragment loads).
 constexpr int kBwdVecs = 10;
 __host__ __device__ inline size_t ssd_bwd_work(const SsdDims& d) {
-  const size_t ln = size_t(d.N) + 1, lp = size_t(d.P) + 1, lq = size_t(d.Q) + 1;
+  const size_t ln = mma_stride(d.N), lp = mma_stride(d.P), lq = mma_stride(d.Q);
   const size_t qq = 2 * size_t(d.Q) * lq, qnp = size_t(d.Q) * (ln + lp);
   return qq > qnp ? qq : qnp;
 }
 size_t ssd_bwd_smem(const SsdDims& d) {
-  const size_t ln = size_t(d.N) + 1, lp = size_t(d.P) + 1;
+  const size_t ln = mma_stride(d.N), lp = mma_stride(d.P);
   return sizeof(float) * (2 * size_t(d.P) * ln + 2 * size_t(d.Q) * lp + 2 * size_t(d.Q) * ln + ssd_bwd_work(d) +
                           kBwdVecs * size_t(d.Q) + kThreads / kWarp);
 }
@@ -135,7 +140,7 @@ __global__ void __launch_bounds__(kThreads)
                                  const T* __restrict__ xbc, const TD* __restrict__ dt, const TD* __restrict__ A,
                                  const T* __restrict__ Dskip, const T* __restrict__ chunk_states, SsdDims d, int b0) {
   extern __shared__ float sm[];
-  const int P = d.P, N = d.N, Q = d.Q, LN = N + 1, LP = P + 1, LQ = Q + 1;
+  const int P = d.P, N = d.N, Q = d.Q, LN = mma_stride(N), LP = mma_stride(P), LQ = mma_stride(Q);
   float* S = sm;
   float* dS = S + P * LN;
   float* X = dS + P * LN;

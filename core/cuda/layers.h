@@ -210,8 +210,9 @@ void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, co
 // hysim::mamba2_chunk_forward on the device, same layouts: xbc [B, Tn, conv_dim] = (x [H, P]
 // | B [G, N] | C [G, N]), dt [B, Tn, H] (after softplus), A [H] (negative); y [B, Tn,
 // d_inner] without the D term; chunk_states [B, H, n_chunks, P, N]. Storage T (fp32 or
-// bf16), fp32 arithmetic. Shared memory per block: (P + 2 Q)(N + 1) + Q P + Q^2 + 3 Q floats
-// (Q = chunk_size); throws if the device has less.
+// bf16), fp32 arithmetic (bf16 storage: products on the tensor cores in tf32). Shared memory
+// per block: (P + 2 Q) LN + Q LP + Q LQ + 3 Q floats (Q = chunk_size; LN, LP, LQ = mma_stride
+// of N, P, Q); throws if the device has less.
 template <class T>
 void mamba2_chunk_forward(Context& ctx, const Mamba2Config& c, T* y, T* chunk_states, const T* xbc, const T* dt,
                           const T* A, int64_t B, int64_t Tn);
@@ -219,9 +220,9 @@ void mamba2_chunk_forward(Context& ctx, const Mamba2Config& c, T* y, T* chunk_st
 // overwritten; dA [H] (fp32, a parameter-side gradient) OVERWRITTEN, summed over batches in
 // order. Heads of a group sum their dB, dC in head order (per-head rows in fp32 scratch,
 // 2 Tn H N floats per sequence; batches go in slices of what the scratch holds). No
-// atomics: deterministic. Shared memory per block: 2 P (N + 1) + 2 Q (P + 1) + 2 Q (N + 1)
-// + max(2 Q (Q + 1), Q (N + P + 2)) + 10 Q + 8 floats (headdim 64, d_state 128, chunk 64:
-// 213 KB); throws naming the need if the device has less.
+// atomics: deterministic. Shared memory per block: 2 P LN + 2 Q LP + 2 Q LN + max(2 Q LQ,
+// Q (LN + LP)) + 10 Q + 8 floats (strides as the forward; headdim 64, d_state 128, chunk 64:
+// 224 KB); throws naming the need if the device has less.
 template <class T>
 void mamba2_chunk_backward(Context& ctx, const Mamba2Config& c, T* dxbc, T* ddt, float* dA, const T* dy, const T* xbc,
                            const T* dt, const T* A, const T* chunk_states, int64_t B, int64_t Tn);
