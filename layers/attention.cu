@@ -85,14 +85,7 @@ template <int n> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 //   C 16x8:  c0, c1 (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1)
 // A C tile pair of S (keys 16j .. 16j+15) is exactly the A fragment of P for P V once
 // packed to bf16, so scores, probabilities and the output stay in registers; only K and V
-// tiles pass through shared memory.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// tiles pass through shared memory. (mma_bf16: core/cuda/device_util.cuh.)
 // Four transposed 8x8 bf16 matrices from shared memory (rows given by the lanes' addresses).
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
   const unsigned a = unsigned(__cvta_generic_to_shared(p));

@@ -67,7 +67,18 @@ __device__ void block_gemm(int M, int N, int K, FA fa, FB fb, FO out) {
   }
 }
 
-// ---- tensor cores: mma.sync m16n8k8 on tf32 ------------------------------------------------
+// ---- tensor cores ---------------------------------------------------------------------------
+// mma.sync m16n8k16 on bf16 (attention; a register holds 2 bf16, layouts in layers/attention.cu):
+// d += a b with fp32 accumulation.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// mma.sync m16n8k8 on tf32 (the chunked scans' block_mma).
 // Fragment layouts (g = lane / 4, t = lane % 4; one tf32 per register):
 //   A 16x8: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
 //   B 8x8:  b0 (k t, n g), b1 (k t+4, n g)
