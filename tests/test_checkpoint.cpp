@@ -14,32 +14,14 @@
 
 #include "core/checkpoint.h"
 #include "core/hdf5_io.h"
+#include "tests/test_util.h"
 
 using namespace hysim;
 namespace fs = std::filesystem;
+using hysim::test::TempDir;
+using hysim::test::error_of;
 
 namespace {
-
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() / ("hysim_test_checkpoint_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
-
-template <class Fn> std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 std::vector<char> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -14,19 +14,15 @@
 #include "core/rng.h"
 #include "synthetic_tasks/text_data.h"
 #include "synthetic_tasks/token_shards.h"
+#include "tests/test_util.h"
 
 using namespace hysim;
 namespace fs = std::filesystem;
+using hysim::test::TempDir;
 
 namespace {
 
 // A scratch directory for the files the tests write, removed at exit.
-struct TempDir {
-  fs::path dir = fs::temp_directory_path() / ("hysim_test_data_" + std::to_string(::getpid()));
-  TempDir() { fs::create_directories(dir); }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
 const TempDir& tmp() {
   static TempDir t;
   return t;

@@ -11,34 +11,14 @@
 #include <sstream>
 
 #include "core/hdf5_io.h"
+#include "tests/test_util.h"
 
 using namespace hysim;
 namespace fs = std::filesystem;
+using hysim::test::TempDir;
+using hysim::test::error_of;
 
 namespace {
-
-// A fresh directory per test case, removed afterwards (ctest may run suites in parallel).
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() / ("hysim_test_hdf5_io_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
-
-// The message of the exception fn() throws ("" if none).
-template <class Fn> std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 template <class T> std::vector<T> pattern(size_t n, double scale) {
   std::vector<T> v(n);

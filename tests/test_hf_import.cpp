@@ -12,6 +12,7 @@
 #include "core/hdf5_io.h"
 #include "core/hf_import.h"
 #include "layers/model.h"
+#include "tests/test_util.h"
 
 // Agreement with an independent implementation: tests/fixtures/olmo_hybrid_tiny_{rope,nope}.h5
 // hold a tiny random-weight HuggingFace OlmoHybridForCausalLM (transformers 5.17, layers
@@ -23,6 +24,7 @@
 
 using namespace hysim;
 namespace fs = std::filesystem;
+using hysim::test::TempDir;
 
 namespace {
 
@@ -30,16 +32,6 @@ std::string fixture(const std::string& variant) {
   return std::string(HYSIM_SOURCE_DIR) + "/tests/fixtures/olmo_hybrid_tiny_" + variant + ".h5";
 }
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    dir = fs::temp_directory_path() / ("hysim_test_hf_import_" + std::to_string(getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
 
 struct Reference {
   std::vector<int32_t> tokens;

@@ -12,22 +12,13 @@
 #include "core/hdf5_io.h"
 #include "core/results.h"
 #include "core/version.h"
+#include "tests/test_util.h"
 
 using namespace hysim;
 namespace fs = std::filesystem;
+using hysim::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() / ("hysim_test_results_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-};
 
 MetricsRow row(int64_t step) {
   MetricsRow r;
