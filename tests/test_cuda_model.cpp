@@ -35,6 +35,7 @@
 #include "core/results.h"
 #include "core/trainer.h"
 #include "layers/model.h"
+#include "tests/test_util.h"
 
 using namespace hysim;
 using namespace hysim::cuda;
@@ -164,12 +165,7 @@ TEST_CASE("model on the GPU: unsupported settings are refused naming the key") {
 
 // ---- training through train(): CPU vs GPU, and checkpoints across backends -----------
 
-static fs::path scratch_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("hysim_test_cuda_model_" + std::to_string(getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using hysim::test::scratch_dir;
 
 // A byte-level GGWA hybrid on tinyshakespeare (the CPU runs it at about 20 steps/s).
 static std::vector<std::string> run_overrides(const fs::path& out, const std::string& device, const std::string& name,

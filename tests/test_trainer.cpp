@@ -17,17 +17,13 @@
 #include "core/checkpoint.h"
 #include "core/hdf5_io.h"
 #include "core/trainer.h"
+#include "tests/test_util.h"
 
 extern char** environ;
 using namespace hysim;
 namespace fs = std::filesystem;
 
-static fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("hysim_test_trainer_" + std::to_string(getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using hysim::test::scratch_dir;
 
 // A small byte-level GGGA hybrid on tinyshakespeare: a few ms per step.
 static std::vector<std::string> tiny_overrides(const fs::path& out, const std::string& run, int64_t steps) {
@@ -51,7 +47,7 @@ static std::vector<std::string> with(std::vector<std::string> ov, const std::str
 }
 
 TEST_CASE("trainer: loss decreases and the results file has the metrics") {
-  fs::path out = scratch("basic");
+  fs::path out = scratch_dir("basic");
   Config cfg = parse_config("", tiny_overrides(out, "r", 30));
   TrainOptions o;
   o.quiet = true;
@@ -70,7 +66,7 @@ TEST_CASE("trainer: loss decreases and the results file has the metrics") {
 
 TEST_CASE("trainer: kill -9 mid-run, resume, and the final parameters equal an uninterrupted run") {
   const int64_t steps = 300;
-  fs::path out = scratch("resume");
+  fs::path out = scratch_dir("resume");
   // Uninterrupted reference, in process.
   TrainOptions quiet;
   quiet.quiet = true;
@@ -115,7 +111,7 @@ TEST_CASE("trainer: kill -9 mid-run, resume, and the final parameters equal an u
 }
 
 TEST_CASE("trainer: a diverging run stops at a non-finite loss, names the step, keeps the checkpoint") {
-  fs::path out = scratch("nan");
+  fs::path out = scratch_dir("nan");
   std::vector<std::string> ov = tiny_overrides(out, "nan", 20);
   ov = with(ov, "train.lr", "1e30");
   ov = with(ov, "train.warmup_steps", "0");
@@ -142,7 +138,7 @@ TEST_CASE("trainer: a diverging run stops at a non-finite loss, names the step, 
 }
 
 TEST_CASE("trainer: bad inputs are refused with a message naming them") {
-  fs::path out = scratch("bad");
+  fs::path out = scratch_dir("bad");
   TrainOptions o;
   o.quiet = true;
   auto ov = with(tiny_overrides(out, "x", 10), "data.path", "/nonexistent/corpus.txt");
@@ -174,7 +170,7 @@ TEST_CASE("trainer: bad inputs are refused with a message naming them") {
 }
 
 TEST_CASE("trainer: WSDS main run saves stable checkpoints; a branch decays from one to min lr") {
-  fs::path out = scratch("wsds");
+  fs::path out = scratch_dir("wsds");
   TrainOptions o;
   o.quiet = true;
   auto ov = tiny_overrides(out, "main", 20);
@@ -202,7 +198,7 @@ TEST_CASE("trainer: WSDS main run saves stable checkpoints; a branch decays from
 }
 
 TEST_CASE("expressivity: a small grid runs, writes the summary, and a re-run recomputes nothing") {
-  fs::path out = scratch("grid");
+  fs::path out = scratch_dir("grid");
   const std::string cmd = std::string(HYSIM_BIN) + " expressivity --model.d_model=16 --model.d_mlp=32 " +
                           "--model.n_heads=2 --model.n_kv_heads=2 --model.d_head=8 --model.gdn_n_heads=2 " +
                           "--model.gdn_n_v_heads=2 --model.gdn_d_head_k=8 --model.gdn_d_head_v=8 " +

@@ -25,6 +25,16 @@ struct TempDir {
   std::string file(const std::string& name) const { return (dir / name).string(); }
 };
 
+// Directory `name` (emptied) inside one TempDir of this process, removed when it exits: for
+// tests that hand paths to code which writes several files.
+inline std::filesystem::path scratch_dir(const std::string& name) {
+  static TempDir root;
+  const std::filesystem::path p = root.dir / name;
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p;
+}
+
 // The message of the exception fn() throws ("" if none).
 template <class Fn> std::string error_of(Fn&& fn) {
   try {
