@@ -57,9 +57,10 @@ struct GdnDims {
 // above the diagonal is ignored), in place: on return Tm holds T with its unit diagonal and
 // zeros above. In blocks of 16 rows: each diagonal block by forward substitution (a warp per
 // block, a lane per column: 15 steps with warp barriers only), then row block i from the
-// rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16, mma_stride(L)]. The
-// chunk's two triangular solves then become products with T (tensor cores for bf16
-// storage) instead of L block-wide barrier steps. Every thread of the block calls it.
+// rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16,
+// mma_stride(L)]. The chunk's two triangular solves then become products with T (tensor
+// cores for bf16 storage) instead of L block-wide barrier steps. Every thread of the block
+// calls it.
 template <class T, int Threads>
 __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, nb = (L + 15) / 16;
@@ -90,19 +91,17 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
         [&](int m, int n, float acc) { tmp[m * lt + n] = acc; });
     __syncthreads();
     block_product<T, Threads>(
-        bs, r0, bs, [&](int m, int k) { return Tm[(r0 + m) * ld + r0 + k]; }, [&](int n, int k) { return tmp[k * lt + n]; },
-        [&](int m, int n, float acc) { Tm[(r0 + m) * ld + n] = -acc; });
+        bs, r0, bs, [&](int m, int k) { return Tm[(r0 + m) * ld + r0 + k]; },
+        [&](int n, int k) { return tmp[k * lt + n]; }, [&](int m, int n, float acc) { Tm[(r0 + m) * ld + n] = -acc; });
     __syncthreads();
   }
 }
 
 // Shared memory (floats) for a slice of dvs value columns: S [dvs, dk], K [C, dk], QW [C, dk]
 // (W, then Q), UD [C, dvs] (U, then Delta), AP [C, C] (A, T, then the decayed Q K^T), gam,
-// beta, dend, beta Gam [C]. Rows of S, K,
-// QW are padded to dk + 1 floats: loops whose lanes walk down a column (S[e, :] for
-// consecutive e, K[j, :] for consecutive j) would otherwise hit one bank when dk is a
-// multiple of 32 (Olmo Hybrid's dk = 96).
-// QW also serves as the inverse's scratch [16, C], hence at least 16 floats per row.
+// beta, dend, beta Gam [C]. Row strides mma_stride(dk), mma_stride(dvs), mma_stride(C) (LK, LV,
+// LC): the products' fragment loads are conflict-free or 2-way. QW also serves as the
+// inverse's scratch [16, LC], hence max(LK, LC) floats per row.
 size_t gdn_fwd_smem(const GdnDims& d, int dvs) {
   const size_t lk = mma_stride(d.dk), lqw = std::max<size_t>(lk, mma_stride(d.C)), lv = mma_stride(dvs),
                lc = mma_stride(d.C);
@@ -225,7 +224,7 @@ constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the ba
 //   UD [C, dvs]    U, then Delta; UD and X together then hold dQ [C, dk]
 //   X  [C, C]      dP
 //   dO [C, dvs]    scale dO, then U recomputed for dA
-//   dD [C, dvs]    dDelta, then dRU (solved in place)
+//   dD [C, dvs]    dDelta, then dRU = T^T dDelta (in place)
 //   LL [C, C]      K K^T o decay strictly below the diagonal; P^T, then dPd^T, on and above it
 //   Tm [C, C]      T = M^-1 (unit lower; X is the scratch of its inversion)
 //   vectors [C]    gam, Gam, beta, dend (= decay(L-1, .)), dgam, dbeta, g_end, summed dgam; 32 for sums
@@ -334,8 +333,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
     __syncthreads();
 
-    // Recompute the chunk: right-hand sides diag(beta) V, diag(beta Gam) K; KKd below the
-    // diagonal of LL, P^T on and above it.
+    // Recompute the chunk: U's right-hand side diag(beta) V (over UD); KKd below the diagonal
+    // of LL, P^T on and above it.
     for (int i = tid; i < L; i += kBwdThreads) Gam[i] = expf(gam[i]), dend[i] = expf(gam[L - 1] - gam[i]);
     for (int i = tid; i < L * nv; i += kBwdThreads) {
       const int r = i / nv, e = i % nv;
@@ -573,7 +572,8 @@ void check_core(const char* fn, const GdnConfig& c, int64_t B, int64_t Tn) {
   c.validate();
   if (c.chunk_size <= 0 || c.chunk_size > kMaxChunk)
     throw std::invalid_argument(std::string(fn) + " (CUDA): chunk_size = " + std::to_string(c.chunk_size) +
-                                "; the device runs the chunked form with 1 <= chunk_size <= " + std::to_string(kMaxChunk));
+                                "; the device runs the chunked form with 1 <= chunk_size <= " +
+                                std::to_string(kMaxChunk));
   if (Tn >= (int64_t(1) << 30) || B >= 65536 || c.n_v_heads >= 65536)
     throw std::invalid_argument(shape_str(std::string(fn) + ": too large; B, Tn, Hv", B, Tn, c.n_v_heads));
 }
@@ -600,9 +600,9 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   slices = int(ceil_div(d.dv, dvs));  // no empty slice
   const size_t smem = gdn_fwd_smem(d, dvs);
   if (smem > size_t(max_smem))
-    throw std::invalid_argument(shapes + ": a state slice of " + std::to_string(dvs) + " value columns and the chunk need " +
-                                std::to_string(smem) + " bytes of shared memory, more than the device's " +
-                                std::to_string(max_smem));
+    throw std::invalid_argument(shapes + ": a state slice of " + std::to_string(dvs) +
+                                " value columns and the chunk need " + std::to_string(smem) +
+                                " bytes of shared memory, more than the device's " + std::to_string(max_smem));
   CUDA_CHECK(cudaFuncSetAttribute(gdn_chunk_forward_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(smem)),
              shapes);

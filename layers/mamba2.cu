@@ -9,8 +9,8 @@
 // The forward walks the chunks in order and saves the state entering each chunk to
 // chunk_states; the backward walks them in reverse with dS = dL/dS' and reads them back.
 // One block per (batch, head), state and chunk operands in shared memory in fp32 (storage
-// T fp32 or bf16), products by block_gemm (fp32 FMAs on 4 x 4 register tiles), as the GDN
-// forward; no tensor cores yet.
+// T fp32 or bf16), products by block_product as the GDN kernels (tensor cores in tf32 for
+// bf16 storage, fp32 FMAs for fp32).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>

@@ -219,12 +219,12 @@ void DeviceModel::scale_grad(float s) {
 static const char* phase_name(char letter, bool backward) {
   switch (letter) {
     case 'A': return backward ? "bwd attention (norm, mixer, residual)" : "fwd attention (norm, mixer, residual)";
-    case 'W': return backward ? "bwd sliding window (norm, mixer, residual)" : "fwd sliding window (norm, mixer, residual)";
+    case 'W':
+      return backward ? "bwd sliding window (norm, mixer, residual)" : "fwd sliding window (norm, mixer, residual)";
     case 'G': return backward ? "bwd GDN (norm, mixer, residual)" : "fwd GDN (norm, mixer, residual)";
     default: return backward ? "bwd Mamba2 (norm, mixer, residual)" : "fwd Mamba2 (norm, mixer, residual)";
   }
 }
-
 
 void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
   const int64_t N = B * Tn, D = cfg.d_model;
