@@ -17,20 +17,8 @@
 // T is fp32 or bf16); products by block_product (tensor cores for bf16 storage, fp32 FMAs
 // for fp32); the intra-chunk solves are products with T = (I + A)^-1 (unit_lower_inverse).
 //
-// Core backward: the exact gradient of the chunked computation, as the CPU's
-// gdn_chunk_backward (its comment lists the formulas), chunks in reverse order carrying
-// dS = dL/dS' in shared memory (fp32), everything of a chunk recomputed from the saved
-// entering state. Every quantity that is per value column (V, U, Delta, dO, dDelta, the rows
-// of S and dS) splits over the value dimension, while dq, dk, dbeta, dg are sums over it: a
-// cluster of blocks (thread-block cluster, sm_90) takes one (batch, value head), each block
-// a slice of the value columns (recomputing the chunk's dk-wide and L x L quantities), and
-// the slices' partial dq, dk, dbeta, dg are summed in rank order through distributed shared
-// memory at the end of each chunk: deterministic, no global scratch, and at Olmo Hybrid's
-// dk 96, dv 192 the per-block state fits shared memory (4 slices of 48 columns).
-// Value heads of a q/k head (GQA) write per-value-head fp32 dq, dk that one more kernel
-// sums in order.
-#include <cooperative_groups.h>
-
+// Core backward: the exact gradient of the chunked computation in three chunk-parallel
+// kernels (the section "core backward" below says which and why).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -204,345 +192,460 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 
-// ---- core backward ------------------------------------------------------------------
+// ---- core backward: three chunk-parallel kernels ------------------------------------
+//
+// The exact gradient of the chunked computation, as the CPU's gdn_chunk_backward (its comment
+// lists the formulas), split where the chunks depend on each other (dS, the gradient w.r.t.
+// the state leaving a chunk, flows from the last chunk to the first) so that everything else
+// runs one block per chunk:
+//   1. gdn_bwd_prepare_kernel (per chunk): T = (I + A)^-1, W = T diag(beta Gam) K,
+//      Delta = T diag(beta) V - W S^T (S from the forward's chunk_states) and the chunk-local
+//      part of dDelta, P^T dOs (P = Q K^T o decay, lower; dOs = scale dO): T, W, Delta and
+//      dDelta to scratch.
+//   2. gdn_bwd_state_kernel (per slice of 32 value columns, chunks in reverse): completes
+//      dDelta += diag(dend) K dS^T, saves dS, then dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
+//      (fp32 across chunks; two small products per chunk).
+//   3. gdn_bwd_grads_kernel (per chunk, over value tiles): with S, dS, Delta, dDelta known,
+//      dQ = diag(Gam) dOs S + dPd K, dK = diag(dend) Delta dS + dPd^T Q + diag(beta Gam) dRW
+//      + (dKK + dKK^T) K, dV = diag(beta) dRU, dbeta, dgam, dg, where dRU = T^T dDelta,
+//      dRW = -dRU S, and dA = -strictly_lower(dRU Delta^T) (= the CPU's
+//      -strictly_lower(dRU U^T + dRW W^T), as U = Delta + W S^T and dRW = -dRU S).
+// Operands live in shared memory in the storage type (bf16: ldmatrix + mma.sync m16n8k16;
+// fp32: exact FMAs, smem_product); sums over the value dimension accumulate in fp32.
+// Deterministic: every output element has one writer, sums run in a fixed order.
 
-// The backward runs 16 warps per block: one block per SM fits (shared memory), and 8 warps
-// left the SM waiting on latency (Nsight Compute: 0.36 eligible warps per scheduler).
-constexpr int kBwdThreads = 512;
-constexpr int kBwdWarps = kBwdThreads / kWarp;
-constexpr int kMaxSlices = 8;  // value slices per (batch, value head) in the backward: the portable cluster size
+constexpr int kPrepThreads = 256, kStateThreads = 128, kGradThreads = 256;
+constexpr int kStateCols = 32;  // value columns per block of the state pass
 
-// Shared memory of the backward (offsets in floats) for dk, a slice of dvs value columns and
-// chunk C. Row strides: LK = mma_stride(dk) for the dk-wide operands (the products' fragment
-// loads conflict-free or 2-way), LV = dvs + 1 and LC = C + 1 for the others (odd: 4-way at
-// worst; mma_stride there too would take Olmo Hybrid's 4 slices of 48 columns past 227 KB).
-// Regions whose tenants never live at the same time are shared:
-//   dS [dvs, dk]   gradient w.r.t. the state leaving the chunk (carried over chunks)
-//   K, dK, W [C, dk]
-//   QR [C, dk]     Q, then dRW
-//   SR             S [dvs, dk] (the entering state's slice), then dA / dKK [C, C]
-//   UD [C, dvs]    U, then Delta; UD and X together then hold dQ [C, dk]
-//   X  [C, C]      dP
-//   dO [C, dvs]    scale dO, then U recomputed for dA
-//   dD [C, dvs]    dDelta, then dRU = T^T dDelta (in place)
-//   LL [C, C]      K K^T o decay strictly below the diagonal; P^T, then dPd^T, on and above it
-//   Tm [C, C]      T = M^-1 (unit lower; X is the scratch of its inversion)
-//   vectors [C]    gam, Gam, beta, dend (= decay(L-1, .)), dgam, dbeta, g_end, summed dgam; 32 for sums
-struct GdnBwdLayout {
-  int LK, LV, LC, dS, K, dK, W, QR, SR, UD, X, dO, dD, LL, Tm, vec, total;
-  __host__ __device__ GdnBwdLayout(int dk, int dvs, int C) {
-    LK = mma_stride(dk), LV = dvs + 1, LC = C + 1;
-    const int a = C * LK, s = dvs * LK, v = C * LV, l = C * LC;
-    int o = 0;
-    dS = o, o += s;
-    K = o, o += a;
-    dK = o, o += a;
-    W = o, o += a;
-    QR = o, o += a;
-    SR = o, o += s > l ? s : l;
-    UD = o, o += v;
-    X = o, o += l > a - v ? l : a - v;
-    dO = o, o += v;
-    dD = o, o += v;
-    LL = o, o += l;
-    Tm = o, o += l;
-    vec = o, o += 8 * C + 32;
-    total = o;
+struct Unit {
+  __device__ float operator()(int) const { return 1.f; }
+};
+
+// dst (rows_pad x cols_pad, row stride ld) = scale(r) src[r src_ld + c] inside rows x cols, 0 outside.
+template <int Threads, class E, class S, class F>
+__device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* src, int64_t src_ld, int rows,
+                          int cols, F scale) {
+  for (int i = int(threadIdx.x); i < rows_pad * cols_pad; i += Threads) {
+    const int r = i / cols_pad, c = i % cols_pad;
+    dst[r * ld + c] = from_f32<E>(r < rows && c < cols ? scale(r) * to_f32(src[r * src_ld + c]) : 0.f);
+  }
+}
+
+// The chunk's gates: gam = cumsum(g) (in token order, as the CPU), beta, Gam = exp(gam),
+// dend = exp(gam_{L-1} - gam). Ends with a barrier.
+template <int Threads, class TG>
+__device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, const TG* g, const TG* beta, int64_t bt0,
+                           int Hv, int hv, int L) {
+  for (int i = int(threadIdx.x); i < L; i += Threads) {
+    gam[i] = to_f32(g[(bt0 + i) * Hv + hv]);
+    if (bet) bet[i] = to_f32(beta[(bt0 + i) * Hv + hv]);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
+  __syncthreads();
+  for (int i = int(threadIdx.x); i < L; i += Threads) Gam[i] = expf(gam[i]), dend[i] = expf(gam[L - 1] - gam[i]);
+  __syncthreads();
+}
+
+// Shared memory of gdn_bwd_prepare_kernel (byte offsets) for dk, value tiles of bv, chunk C.
+template <class E>
+struct GdnPrepLayout {
+  int Cp, sk, sc, sv, ldf;
+  size_t K, Q, Kb, W, Tf, tmp, Tb, P, Vb, dO, S, vec, total;
+  __host__ __device__ GdnPrepLayout(int dk, int bv, int C) {
+    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), ldf = mma_stride(C);
+    SmemCarve m;
+    K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Kb = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk);
+    Tf = m.take<float>(C * ldf), tmp = m.take<float>(16 * ldf);
+    Tb = m.take<E>(Cp * sc), P = m.take<E>(Cp * sc);
+    Vb = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), S = m.take<E>(round16(bv) * sk);
+    vec = m.take<float>(4 * Cp);
+    total = m.bytes;
   }
 };
 
-// Grid (slices, Hv, B), clusters of `slices` blocks along x: block rank r of a cluster owns
-// value columns [r dvs, min(dv, (r + 1) dvs)) of value head blockIdx.y of batch blockIdx.z.
-// Steps per chunk (the CPU's formulas; barriers between steps that read what others write):
-//   recompute: KKd, P; T = M^-1 (unit_lower_inverse); W = T diag(beta Gam) K; Delta = T diag(beta) V - W S^T
-//   dDelta = diag(dend) K dS^T;  dK = diag(dend) Delta dS;  dP = dOs Delta^T;  <S, dS>
-//   g_end, rowsum - colsum of dP o P into dgam;  dDelta += P^T dOs;  dPd = dP o decay
-//   dQ = diag(Gam) dOs S;  dK += dPd^T Q;  dgam += rowsum(Q o dQ);  dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
-//   dQ += dPd K;  dRU = M^-T dDelta = T^T dDelta;  dRW = -dRU S;  U = T diag(beta) V again (for dA)
-//   dA = -strictly_lower(dRU U^T + dRW W^T);  dV = diag(beta) dRU;  dbeta, dgam from dRU o V and dRW o K;  dK += diag(beta Gam) dRW
-//   dbeta += rowsum(dA o KKd);  dgam += rowsum - colsum of dA o A;  dK += (dKK + dKK^T) K
-//   cluster: sum the slices' dQ, dK, dbeta, dgam; dg = reverse cumulative sum of dgam.
-template <class T, class TG>
-__global__ void __launch_bounds__(kBwdThreads, 1)
-    gdn_chunk_backward_kernel(T* __restrict__ dq, T* __restrict__ dk_out, float* __restrict__ dq_heads,
-                              float* __restrict__ dk_heads, T* __restrict__ dv_out, TG* __restrict__ dbeta,
-                              TG* __restrict__ dg, const T* __restrict__ d_o, const T* __restrict__ q,
-                              const T* __restrict__ k, const T* __restrict__ v, const TG* __restrict__ beta,
-                              const TG* __restrict__ g, const T* __restrict__ chunk_states, GdnDims d, int dvs,
-                              float scale) {
-  namespace cg = cooperative_groups;
-  extern __shared__ float sm[];
-  cg::cluster_group cluster = cg::this_cluster();
-  const int dk = d.dk, C = d.C;
-  const GdnBwdLayout ly(dk, dvs, C);
-  const int LK = ly.LK, LV = ly.LV, LC = ly.LC;
-  float* dS = sm + ly.dS;
-  float* K = sm + ly.K;
-  float* dK = sm + ly.dK;
-  float* W = sm + ly.W;
-  float* Q = sm + ly.QR;
-  float* dRW = sm + ly.QR;
-  float* S = sm + ly.SR;
-  float* dA = sm + ly.SR;
-  float* UD = sm + ly.UD;
-  float* dQ = sm + ly.UD;  // [C, LK] over UD and X
-  float* X = sm + ly.X;
-  float* dO = sm + ly.dO;
-  float* U2 = sm + ly.dO;
-  float* dD = sm + ly.dD;
-  float* LL = sm + ly.LL;
-  float* Tm = sm + ly.Tm;
-  float* gam = sm + ly.vec;
-  float* Gam = gam + C;
-  float* bet = Gam + C;
-  float* dend = bet + C;
-  float* dgam = dend + C;
-  float* dbet = dgam + C;
-  float* gtmp = dbet + C;
-  float* dgsum = gtmp + C;
-  float* red = dgsum + C;
+template <class E, class TG>
+__global__ void __launch_bounds__(kPrepThreads)
+    gdn_bwd_prepare_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ delta,
+                           E* __restrict__ d_delta, const E* __restrict__ q, const E* __restrict__ k,
+                           const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
+                           const E* __restrict__ d_o, const E* __restrict__ chunk_states, GdnDims d, int bv,
+                           float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnPrepLayout<E> ly(d.dk, bv, d.C);
+  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, ldf = ly.ldf, Cp = ly.Cp;
+  E* K = reinterpret_cast<E*>(smem + ly.K);
+  E* Q = reinterpret_cast<E*>(smem + ly.Q);
+  E* Kb = reinterpret_cast<E*>(smem + ly.Kb);
+  E* W = reinterpret_cast<E*>(smem + ly.W);
+  float* Tf = reinterpret_cast<float*>(smem + ly.Tf);
+  float* tmp = reinterpret_cast<float*>(smem + ly.tmp);
+  E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
+  E* P = reinterpret_cast<E*>(smem + ly.P);
+  E* Vb = reinterpret_cast<E*>(smem + ly.Vb);
+  E* dO = reinterpret_cast<E*>(smem + ly.dO);
+  E* S = reinterpret_cast<E*>(smem + ly.S);
+  float* gam = reinterpret_cast<float*>(smem + ly.vec);
+  float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp;
 
-  const int ns = int(cluster.num_blocks()), rank = int(cluster.block_rank());
-  const int hv = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-  const int e0 = rank * dvs, nv = min(dvs, d.dv - e0);
-  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv;
+  const int kc = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
+  const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+  const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
+  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  load_rows<kPrepThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kPrepThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_gates<kPrepThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  load_rows<kPrepThreads>(Kb, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, [&](int r) { return bet[r] * Gam[r]; });
+  // A = strictly_lower(diag(beta) (K K^T o decay)) in fp32 (inverted below); P = Q K^T o decay.
+  smem_product<kPrepThreads>(L, L, dkp, smem_op(K, sk), smem_op(K, sk), [&](int r, int c, float kk) {
+    Tf[r * ldf + c] = c < r ? bet[r] * expf(gam[r] - gam[c]) * kk : 0.f;
+  });
+  smem_product<kPrepThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
+    P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
+  });
+  __syncthreads();
+  unit_lower_inverse<E, kPrepThreads>(L, Tf, ldf, tmp);
+  E* tg = t_inv + (head * d.NC + kc) * d.C * d.C;
+  for (int i = int(threadIdx.x); i < Cp * Cp; i += kPrepThreads) {
+    const int r = i / Cp, c = i % Cp;
+    const E t = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f);
+    Tb[r * sc + c] = t;
+    if (r < L && c < L) tg[r * d.C + c] = t;
+  }
+  __syncthreads();
+  // W = T diag(beta Gam) K.
+  E* wg = w_out + (head * d.Tn + t0) * dk;
+  smem_product<kPrepThreads>(Cp, dkp, Cp, smem_op(Tb, sc), smem_op_t(Kb, sk), [&](int r, int e, float acc) {
+    const E w = from_f32<E>(r < L && e < dk ? acc : 0.f);
+    W[r * sk + e] = w;
+    if (r < L && e < dk) wg[r * dk + e] = w;
+  });
+  __syncthreads();
+  // Per value tile: Delta = T diag(beta) V - W S^T and dDelta = P^T dOs.
+  const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    const int64_t v_off = int64_t(hv) * d.dv + e0;
+    load_rows<kPrepThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, [&](int r) { return bet[r]; });
+    load_rows<kPrepThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + v_off, DV, L, nv, [&](int) { return scale; });
+    load_rows<kPrepThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    __syncthreads();
+    E* dl = delta + (head * d.Tn + t0) * d.dv + e0;
+    E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
+    for_each_tile<kPrepThreads>(L, nv, [&](int m0, int n0) {
+      float u[2][4] = {}, ws[2][4] = {};
+      warp_tile_mma(u, smem_op(Tb, sc), m0, smem_op_t(Vb, sv), n0, Cp);
+      warp_tile_mma(ws, smem_op(W, sk), m0, smem_op(S, sk), n0, dkp);
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) u[j][r] -= ws[j][r];
+      store_tile(u, m0, n0, L, nv, [&](int r, int e, float x) { dl[int64_t(r) * d.dv + e] = from_f32<E>(x); });
+    });
+    smem_product<kPrepThreads>(L, nv, Cp, smem_op_t(P, sc), smem_op_t(dO, sv), [&](int c, int e, float x) {
+      ddl[int64_t(c) * d.dv + e] = from_f32<E>(x);
+    });
+    __syncthreads();
+  }
+}
+
+// Shared memory of gdn_bwd_state_kernel (byte offsets).
+template <class E>
+struct GdnStateLayout {
+  int Cp, sk, sx;
+  size_t dS, dSb, K, QW, X, vec, total;
+  __host__ __device__ GdnStateLayout(int dk, int C) {
+    Cp = round16(C), sk = tile_stride(dk), sx = tile_stride(kStateCols);
+    SmemCarve m;
+    dS = m.take<float>(kStateCols * sk), dSb = m.take<E>(kStateCols * sk);
+    K = m.take<E>(Cp * sk), QW = m.take<E>(2 * Cp * sk), X = m.take<E>(2 * Cp * sx);
+    vec = m.take<float>(3 * Cp);
+    total = m.bytes;
+  }
+};
+
+template <class E, class TG>
+__global__ void __launch_bounds__(kStateThreads)
+    gdn_bwd_state_kernel(E* __restrict__ d_states, E* __restrict__ d_delta, const E* __restrict__ q,
+                         const E* __restrict__ k, const E* __restrict__ w, const TG* __restrict__ g,
+                         const E* __restrict__ d_o, GdnDims d, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnStateLayout<E> ly(d.dk, d.C);
+  const int sk = ly.sk, sx = ly.sx, Cp = ly.Cp;
+  float* dS = reinterpret_cast<float*>(smem + ly.dS);
+  E* dSb = reinterpret_cast<E*>(smem + ly.dSb);
+  E* K = reinterpret_cast<E*>(smem + ly.K);
+  E* QW = reinterpret_cast<E*>(smem + ly.QW);  // Q rows [0, Cp), W rows [Cp, 2 Cp)
+  E* X = reinterpret_cast<E*>(smem + ly.X);    // Gam dOs rows [0, Cp), -dDelta rows [Cp, 2 Cp)
+  float* gam = reinterpret_cast<float*>(smem + ly.vec);
+  float *Gam = gam + Cp, *dend = Gam + Cp;
+
+  const int e0 = blockIdx.x * kStateCols, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
+  const int nv = min(kStateCols, d.dv - e0);
+  const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv;
   const int64_t qk_off = int64_t(hv / (d.Hv / d.H)) * dk, v_off = int64_t(hv) * d.dv + e0;
-  for (int i = tid; i < nv * LK; i += kBwdThreads) dS[i] = 0.f;
+  for (int i = int(threadIdx.x); i < kStateCols * sk; i += kStateThreads) dS[i] = 0.f;
 
   for (int kc = d.NC - 1; kc >= 0; --kc) {
-    const int t0 = kc * C, L = min(C, d.Tn - t0);
+    const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
-    const T* cs = chunk_states + ((int64_t(b) * d.Hv + hv) * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
-    for (int i = tid; i < nv * dk; i += kBwdThreads) S[(i / dk) * LK + i % dk] = to_f32(cs[i]);
-    for (int i = tid; i < L * dk; i += kBwdThreads) {
-      const int r = i / dk, c = i % dk;
-      K[r * LK + c] = to_f32(k[(bt0 + r) * QK + qk_off + c]);
-      Q[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
-    }
-    for (int i = tid; i < L * nv; i += kBwdThreads) {
-      const int r = i / nv, e = i % nv;
-      dO[r * LV + e] = scale * to_f32(d_o[(bt0 + r) * DV + v_off + e]);
-    }
-    for (int i = tid; i < L; i += kBwdThreads) {
-      gam[i] = to_f32(g[(bt0 + i) * d.Hv + hv]);
-      bet[i] = to_f32(beta[(bt0 + i) * d.Hv + hv]);
-      dgam[i] = 0.f, dbet[i] = 0.f;
+    load_rows<kStateThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kStateThreads>(QW, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kStateThreads>(QW + Cp * sk, sk, Cp, dkp, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
+    load_gates<kStateThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
+    load_rows<kStateThreads>(X, sx, Cp, kStateCols, d_o + bt0 * DV + v_off, DV, L, nv,
+                             [&](int r) { return scale * Gam[r]; });
+    E* ds_out = d_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
+    for (int i = int(threadIdx.x); i < kStateCols * dkp; i += kStateThreads) {
+      const int e = i / dkp, f = i % dkp;
+      const E x = from_f32<E>(e < nv && f < dk ? dS[e * sk + f] : 0.f);
+      dSb[e * sk + f] = x;
+      if (e < nv && f < dk) ds_out[e * dk + f] = x;
     }
     __syncthreads();
-    if (tid == 0)  // cumulative log decay, in token order (as the forward)
-      for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
-    __syncthreads();
-
-    // Recompute the chunk: U's right-hand side diag(beta) V (over UD); KKd below the diagonal
-    // of LL, P^T on and above it.
-    for (int i = tid; i < L; i += kBwdThreads) Gam[i] = expf(gam[i]), dend[i] = expf(gam[L - 1] - gam[i]);
-    for (int i = tid; i < L * nv; i += kBwdThreads) {
-      const int r = i / nv, e = i % nv;
-      UD[r * LV + e] = to_f32(v[(bt0 + r) * DV + v_off + e]) * bet[r];
-    }
-    block_product<T, kBwdThreads>(
-        L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
-        [&](int r, int c, float kk) {
-          if (c < r) LL[r * LC + c] = kk * expf(gam[r] - gam[c]);
-        });
-    block_product<T, kBwdThreads>(
-        L, L, dk, [&](int r, int e) { return Q[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
-        [&](int r, int c, float qk) {
-          if (c <= r) LL[c * LC + r] = qk * expf(gam[r] - gam[c]);
-        });
-    __syncthreads();
-    // T = M^-1 (M = I + strictly_lower(diag(beta) KKd)); W = T diag(beta Gam) K;
-    // Delta = U - W S^T = T diag(beta) V - W S^T (in U's place, column-local).
-    for (int i = tid; i < L * L; i += kBwdThreads) {
-      const int r = i / L, c = i % L;
-      Tm[r * LC + c] = c < r ? bet[r] * LL[r * LC + c] : 0.f;
-    }
-    __syncthreads();
-    unit_lower_inverse<T, kBwdThreads>(L, Tm, LC, X);
-    block_product<T, kBwdThreads>(
-        L, dk, L, [&](int r, int c) { return Tm[r * LC + c]; },
-        [&](int e, int c) { return bet[c] * Gam[c] * K[c * LK + e]; },
-        [&](int r, int e, float acc) { W[r * LK + e] = acc; });
-    __syncthreads();
-    block_product_column_local<T, kBwdThreads, kMaxChunk>(
-        L, nv, L + dk, [&](int r, int c) { return c < L ? Tm[r * LC + c] : W[r * LK + (c - L)]; },
-        [&](int e, int c) { return c < L ? UD[c * LV + e] : -S[e * LK + (c - L)]; },
-        [&](int r, int e, float acc) { UD[r * LV + e] = acc; });
-    __syncthreads();
-
-    // State passing and the intra-chunk output term.
-    block_product<T, kBwdThreads>(
-        L, nv, dk, [&](int r, int c) { return K[r * LK + c]; }, [&](int e, int c) { return dS[e * LK + c]; },
-        [&](int r, int e, float acc) { dD[r * LV + e] = dend[r] * acc; });
-    block_product<T, kBwdThreads>(
-        L, dk, nv, [&](int r, int e) { return UD[r * LV + e]; }, [&](int c, int e) { return dS[e * LK + c]; },
-        [&](int r, int c, float acc) { dK[r * LK + c] = dend[r] * acc; });
-    block_product<T, kBwdThreads>(
-        L, L, nv, [&](int i, int e) { return dO[i * LV + e]; }, [&](int j, int e) { return UD[j * LV + e]; },
-        [&](int i, int j, float acc) {
-          if (j <= i) X[i * LC + j] = acc;
-        });
-    {
-      float s = 0.f;
-      for (int i = tid; i < nv * dk; i += kBwdThreads) s += S[(i / dk) * LK + i % dk] * dS[(i / dk) * LK + i % dk];
-      s = warp_sum(s);
-      if (lane == 0) red[warp] = s;
-    }
-    __syncthreads();
-    // g_end = rowsum(K o dK) (dK = diag(dend) Delta dS so far); G = dP o P: rowsum - colsum.
-    for (int i = warp; i < L; i += kBwdWarps) {
-      float ge = 0.f, gs = 0.f;
-      for (int c = lane; c < dk; c += kWarp) ge += K[i * LK + c] * dK[i * LK + c];
-      for (int j = lane; j <= i; j += kWarp) gs += X[i * LC + j] * LL[j * LC + i];
-      for (int r = i + lane; r < L; r += kWarp) gs -= X[r * LC + i] * LL[i * LC + r];
-      ge = warp_sum(ge), gs = warp_sum(gs);
-      if (lane == 0) gtmp[i] = ge, dgam[i] += gs - ge;
-    }
-    // dDelta += P^T dOs.
-    block_product<T, kBwdThreads>(
-        L, nv, L, [&](int j, int i) { return i >= j ? LL[j * LC + i] : 0.f; },
-        [&](int e, int i) { return dO[i * LV + e]; }, [&](int j, int e, float acc) { dD[j * LV + e] += acc; });
-    __syncthreads();
-    // dPd = dP o decay, transposed over P (no longer needed); dgam_{L-1} += Gam_{L-1} <S, dS> + sum g_end.
-    for (int idx = tid; idx < L * L; idx += kBwdThreads) {
-      const int i = idx / L, j = idx % L;
-      if (j <= i) LL[j * LC + i] = X[i * LC + j] * expf(gam[i] - gam[j]);
-    }
-    if (tid == 0) {
-      float s = 0.f, ge = 0.f;
-      for (int w = 0; w < kBwdWarps; ++w) s += red[w];
-      for (int i = 0; i < L; ++i) ge += gtmp[i];
-      dgam[L - 1] += Gam[L - 1] * s + ge;
-    }
-    __syncthreads();
-    // dQ = diag(Gam) dOs S (over UD and X, both free now); dK += dPd^T Q.
-    block_product<T, kBwdThreads>(
-        L, dk, nv, [&](int i, int e) { return dO[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
-        [&](int i, int c, float acc) { dQ[i * LK + c] = Gam[i] * acc; });
-    block_product<T, kBwdThreads>(
-        L, dk, L, [&](int j, int i) { return i >= j ? LL[j * LC + i] : 0.f; },
-        [&](int c, int i) { return Q[i * LK + c]; }, [&](int j, int c, float acc) { dK[j * LK + c] += acc; });
-    __syncthreads();
-    // dgam += rowsum(Q o dQ) (= Gam o rowsum(dOs o Q S^T)); the state gradient for the
-    // previous chunk: dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W.
-    for (int i = warp; i < L; i += kBwdWarps) {
-      float s = 0.f;
-      for (int c = lane; c < dk; c += kWarp) s += Q[i * LK + c] * dQ[i * LK + c];
-      s = warp_sum(s);
-      if (lane == 0) dgam[i] += s;
-    }
-    {
-      const float Gam_end = Gam[L - 1];
-      block_product<T, kBwdThreads>(
-          nv, dk, 2 * L,
-          [&](int e, int j) { return j < L ? Gam[j] * dO[j * LV + e] : -dD[(j - L) * LV + e]; },
-          [&](int c, int j) { return j < L ? Q[j * LK + c] : W[(j - L) * LK + c]; },
-          [&](int e, int c, float acc) { dS[e * LK + c] = Gam_end * dS[e * LK + c] + acc; });
-    }
-    __syncthreads();
-    // dQ += dPd K; dRU = M^-T dDelta = T^T dDelta (in place); U's right-hand side diag(beta) V
-    // (over dO).
-    block_product<T, kBwdThreads>(
-        L, dk, L, [&](int i, int j) { return j <= i ? LL[j * LC + i] : 0.f; },
-        [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dQ[i * LK + c] += acc; });
-    block_product_column_local<T, kBwdThreads, kMaxChunk>(
-        L, nv, L, [&](int r, int c) { return Tm[c * LC + r]; }, [&](int e, int c) { return dD[c * LV + e]; },
-        [&](int r, int e, float acc) { dD[r * LV + e] = acc; });
-    for (int i = tid; i < L * nv; i += kBwdThreads) {
-      const int r = i / nv, e = i % nv;
-      U2[r * LV + e] = to_f32(v[(bt0 + r) * DV + v_off + e]) * bet[r];
-    }
-    __syncthreads();
-    // dRW = M^-T (-dDelta S) = -dRU S (over Q); U = T diag(beta) V again (in place).
-    block_product<T, kBwdThreads>(
-        L, dk, nv, [&](int i, int e) { return dD[i * LV + e]; }, [&](int c, int e) { return S[e * LK + c]; },
-        [&](int i, int c, float acc) { dRW[i * LK + c] = -acc; });
-    block_product_column_local<T, kBwdThreads, kMaxChunk>(
-        L, nv, L, [&](int r, int c) { return Tm[r * LC + c]; }, [&](int e, int c) { return U2[c * LV + e]; },
-        [&](int r, int e, float acc) { U2[r * LV + e] = acc; });
-    __syncthreads();
-    // dA = -strictly_lower(dRU U^T + dRW W^T) (over S); dV = diag(beta) dRU;
-    // dbeta += rowsum(dRU o V) + Gam o rowsum(dRW o K); dgam += beta Gam rowsum(dRW o K);
-    // dK += diag(beta Gam) dRW.
-    block_product<T, kBwdThreads>(
-        L, L, nv + dk, [&](int i, int j) { return j < nv ? dD[i * LV + j] : dRW[i * LK + (j - nv)]; },
-        [&](int r, int j) { return j < nv ? U2[r * LV + j] : W[r * LK + (j - nv)]; },
-        [&](int i, int r, float acc) { dA[i * LC + r] = r < i ? -acc : 0.f; });
-    for (int i = warp; i < L; i += kBwdWarps) {
-      float tv = 0.f, tw = 0.f;
-      for (int e = lane; e < nv; e += kWarp) {
-        const float dru = dD[i * LV + e];
-        const int64_t gi = (bt0 + i) * DV + v_off + e;
-        tv += dru * to_f32(v[gi]);
-        dv_out[gi] = from_f32<T>(bet[i] * dru);
+    // dDelta = P^T dOs (from the prepare kernel) + diag(dend) K dS^T; -dDelta into X.
+    E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
+    smem_product<kStateThreads>(Cp, kStateCols, dkp, smem_op(K, sk), smem_op(dSb, sk), [&](int r, int e, float acc) {
+      float x = 0.f;
+      if (r < L && e < nv) {
+        x = to_f32(ddl[int64_t(r) * d.dv + e]) + dend[r] * acc;
+        ddl[int64_t(r) * d.dv + e] = from_f32<E>(x);
       }
-      for (int c = lane; c < dk; c += kWarp) tw += dRW[i * LK + c] * K[i * LK + c];
-      tv = warp_sum(tv), tw = warp_sum(tw);
-      if (lane == 0) dbet[i] += tv + Gam[i] * tw, dgam[i] += bet[i] * Gam[i] * tw;
-    }
-    for (int idx = tid; idx < L * dk; idx += kBwdThreads) {
-      const int r = idx / dk, c = idx % dk;
-      dK[r * LK + c] += bet[r] * Gam[r] * dRW[r * LK + c];
-    }
+      X[(Cp + r) * sx + e] = from_f32<E>(-x);
+    });
     __syncthreads();
-    // A = strictly_lower(diag(beta) KKd): dbeta += rowsum(dA o KKd); G = dA o A: rowsum - colsum.
-    for (int i = warp; i < L; i += kBwdWarps) {
-      float sb = 0.f, sc = 0.f;
-      for (int j = lane; j < i; j += kWarp) sb += dA[i * LC + j] * LL[i * LC + j];
-      for (int r = i + 1 + lane; r < L; r += kWarp) sc += bet[r] * dA[r * LC + i] * LL[r * LC + i];
-      sb = warp_sum(sb), sc = warp_sum(sc);
-      if (lane == 0) dbet[i] += sb, dgam[i] += bet[i] * sb - sc;
-    }
+    // dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W.
+    const float Gam_end = Gam[L - 1];
+    smem_product<kStateThreads>(kStateCols, dkp, 2 * Cp, smem_op_t(X, sx), smem_op_t(QW, sk),
+                                [&](int e, int f, float acc) { dS[e * sk + f] = Gam_end * dS[e * sk + f] + acc; });
     __syncthreads();
-    // dKK = diag(beta) (dA o decay), in place (zero on and above the diagonal).
-    for (int idx = tid; idx < L * L; idx += kBwdThreads) {
-      const int i = idx / L, j = idx % L;
-      if (j < i) dA[i * LC + j] *= bet[i] * expf(gam[i] - gam[j]);
-    }
-    __syncthreads();
-    // dK += (dKK + dKK^T) K.
-    block_product<T, kBwdThreads>(
-        L, dk, L, [&](int i, int j) { return dA[i * LC + j] + dA[j * LC + i]; },
-        [&](int c, int j) { return K[j * LK + c]; }, [&](int i, int c, float acc) { dK[i * LK + c] += acc; });
-    cluster.sync();
+  }
+}
 
-    // Sum the slices in rank order: rank r writes dq, dk rows [r L / ns, (r + 1) L / ns); rank 0
-    // dbeta and dg (the reverse cumulative sum of dgam over the chunk: gam = cumsum(g)).
-    {
-      const int r0 = rank * L / ns, r1 = (rank + 1) * L / ns;
-      for (int idx = tid; idx < (r1 - r0) * dk; idx += kBwdThreads) {
-        const int i = r0 + idx / dk, c = idx % dk;
-        float sq = 0.f, sk = 0.f;
-        for (int p = 0; p < ns; ++p) {
-          sq += cluster.map_shared_rank(dQ, p)[i * LK + c];
-          sk += cluster.map_shared_rank(dK, p)[i * LK + c];
-        }
-        if (dq_heads) {
-          const int64_t o = ((bt0 + i) * d.Hv + hv) * dk + c;
-          dq_heads[o] = sq, dk_heads[o] = sk;
-        } else {
-          const int64_t o = (bt0 + i) * QK + qk_off + c;
-          dq[o] = from_f32<T>(sq), dk_out[o] = from_f32<T>(sk);
-        }
-      }
-      if (rank == 0) {
-        for (int i = tid; i < L; i += kBwdThreads) {
-          float sg = 0.f, sb = 0.f;
-          for (int p = 0; p < ns; ++p) {
-            sg += cluster.map_shared_rank(dgam, p)[i];
-            sb += cluster.map_shared_rank(dbet, p)[i];
-          }
-          dgsum[i] = sg;
-          dbeta[(bt0 + i) * d.Hv + hv] = from_f32<TG>(sb);
-        }
-        __syncthreads();
-        if (tid == 0) {
-          float run = 0.f;
-          for (int i = L - 1; i >= 0; --i) dg[(bt0 + i) * d.Hv + hv] = from_f32<TG>(run += dgsum[i]);
-        }
-      }
+// Shared memory of gdn_bwd_grads_kernel (byte offsets): K, Q; T, then P / dPd / dKK (PL);
+// value tiles S, dS, Delta, dDelta, dOs (then dRU); fp32 dK, dQ (then dRW), dP (then dA).
+template <class E>
+struct GdnGradLayout {
+  int Cp, sk, sc, sv;
+  size_t K, Q, Tb, PL, S, dS, D, dD, dO, dKf, dQf, dPf, vec, total;
+  __host__ __device__ GdnGradLayout(int dk, int bv, int C) {
+    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv);
+    SmemCarve m;
+    K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Tb = m.take<E>(Cp * sc), PL = m.take<E>(Cp * sc);
+    S = m.take<E>(round16(bv) * sk), dS = m.take<E>(round16(bv) * sk);
+    D = m.take<E>(Cp * sv), dD = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv);
+    dKf = m.take<float>(Cp * sk), dQf = m.take<float>(Cp * sk), dPf = m.take<float>(Cp * sc);
+    vec = m.take<float>(7 * Cp + 32);
+    total = m.bytes;
+  }
+};
+
+template <class E, class TG>
+__global__ void __launch_bounds__(kGradThreads)
+    gdn_bwd_grads_kernel(E* __restrict__ dq, E* __restrict__ dk_out, float* __restrict__ dq_heads,
+                         float* __restrict__ dk_heads, E* __restrict__ dv_out, TG* __restrict__ dbeta,
+                         TG* __restrict__ dg, const E* __restrict__ q, const E* __restrict__ k,
+                         const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
+                         const E* __restrict__ d_o, const E* __restrict__ chunk_states, const E* __restrict__ t_inv,
+                         const E* __restrict__ delta, const E* __restrict__ d_delta, const E* __restrict__ d_states,
+                         GdnDims d, int bv, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnGradLayout<E> ly(d.dk, bv, d.C);
+  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp;
+  E* K = reinterpret_cast<E*>(smem + ly.K);
+  E* Q = reinterpret_cast<E*>(smem + ly.Q);
+  E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
+  E* PL = reinterpret_cast<E*>(smem + ly.PL);
+  E* S = reinterpret_cast<E*>(smem + ly.S);
+  E* dS = reinterpret_cast<E*>(smem + ly.dS);
+  E* D = reinterpret_cast<E*>(smem + ly.D);
+  E* dD = reinterpret_cast<E*>(smem + ly.dD);
+  E* dO = reinterpret_cast<E*>(smem + ly.dO);
+  E* dRU = dO;
+  float* dKf = reinterpret_cast<float*>(smem + ly.dKf);
+  float* dQf = reinterpret_cast<float*>(smem + ly.dQf);
+  float* dRW = dQf;
+  float* dPf = reinterpret_cast<float*>(smem + ly.dPf);
+  float* dAf = dPf;
+  float* gam = reinterpret_cast<float*>(smem + ly.vec);
+  float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp, *dgam = dend + Cp, *dbet = dgam + Cp, *gtmp = dbet + Cp;
+  float* red = gtmp + Cp;
+
+  const int kc = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
+  const int tid = int(threadIdx.x), lane = tid % kWarp, warp = tid / kWarp;
+  constexpr int kWarps = kGradThreads / kWarp;
+  const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+  const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
+  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
+  const E* dss = d_states + (head * d.NC + kc) * d.dv * dk;
+  const E* dl = delta + (head * d.Tn + t0) * d.dv;
+  const E* ddl = d_delta + (head * d.Tn + t0) * d.dv;
+  load_rows<kGradThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kGradThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kGradThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
+  for (int i = tid; i < Cp * sk; i += kGradThreads) dKf[i] = 0.f, dQf[i] = 0.f;
+  for (int i = tid; i < Cp * sc; i += kGradThreads) dPf[i] = 0.f;
+  for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
+  load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+
+  // Sums over the value tiles: dK = diag(dend) Delta dS, dQ = diag(Gam) dOs S, dP = dOs Delta^T, <S, dS>.
+  float ss = 0.f;
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(dS, sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
+                            [&](int) { return scale; });
+    __syncthreads();
+    smem_product<kGradThreads>(L, dk, nvp, smem_op(D, sv), smem_op_t(dS, sk),
+                               [&](int r, int f, float acc) { dKf[r * sk + f] += dend[r] * acc; });
+    smem_product<kGradThreads>(L, dk, nvp, smem_op(dO, sv), smem_op_t(S, sk),
+                               [&](int r, int f, float acc) { dQf[r * sk + f] += Gam[r] * acc; });
+    smem_product<kGradThreads>(L, L, nvp, smem_op(dO, sv), smem_op(D, sv),
+                               [&](int i, int j, float acc) { dPf[i * sc + j] += acc; });
+    for (int i = tid; i < nv * dk; i += kGradThreads) {
+      const int e = i / dk, f = i % dk;
+      ss += to_f32(S[e * sk + f]) * to_f32(dS[e * sk + f]);
     }
-    cluster.sync();  // no block refills its buffers while another still reads them
+    __syncthreads();
+  }
+  ss = warp_sum(ss);
+  if (lane == 0) red[warp] = ss;
+  // P = Q K^T o decay: G = dP o P into dP's place, dPd = dP o decay (lower) into PL.
+  smem_product<kGradThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int i, int j, float qk) {
+    float pd = 0.f, gg = 0.f;
+    if (j <= i && i < L) {
+      const float dec = expf(gam[i] - gam[j]), dp = dPf[i * sc + j];
+      pd = dp * dec, gg = pd * qk;
+    }
+    PL[i * sc + j] = from_f32<E>(pd);
+    dPf[i * sc + j] = gg;
+  });
+  __syncthreads();
+  // g_end = rowsum(K o dK) (dK = diag(dend) Delta dS so far); dgam += rowsum(Q o dQ) +
+  // rowsum(G) - colsum(G) - g_end; dgam_{L-1} += Gam_{L-1} <S, dS> + sum g_end.
+  for (int i = warp; i < L; i += kWarps) {
+    float ge = 0.f, gq = 0.f, gs = 0.f;
+    for (int f = lane; f < dk; f += kWarp) ge += to_f32(K[i * sk + f]) * dKf[i * sk + f];
+    for (int f = lane; f < dk; f += kWarp) gq += to_f32(Q[i * sk + f]) * dQf[i * sk + f];
+    for (int j = lane; j <= i; j += kWarp) gs += dPf[i * sc + j];
+    for (int r = i + lane; r < L; r += kWarp) gs -= dPf[r * sc + i];
+    ge = warp_sum(ge), gq = warp_sum(gq), gs = warp_sum(gs);
+    if (lane == 0) gtmp[i] = ge, dgam[i] += gq + gs - ge;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float s = 0.f, ge = 0.f;
+    for (int w = 0; w < kWarps; ++w) s += red[w];
+    for (int i = 0; i < L; ++i) ge += gtmp[i];
+    dgam[L - 1] += Gam[L - 1] * s + ge;
+  }
+  // dQ += dPd K; dK += dPd^T Q.
+  smem_product<kGradThreads>(L, dk, Cp, smem_op(PL, sc), smem_op_t(K, sk),
+                             [&](int i, int f, float acc) { dQf[i * sk + f] += acc; });
+  smem_product<kGradThreads>(L, dk, Cp, smem_op_t(PL, sc), smem_op_t(Q, sk),
+                             [&](int j, int f, float acc) { dKf[j * sk + f] += acc; });
+  __syncthreads();
+  // dq is complete: out, and its buffer becomes dRW; dP's becomes dA.
+  for (int i = tid; i < Cp * dkp; i += kGradThreads) {
+    const int r = i / dkp, f = i % dkp;
+    if (r < L && f < dk) {
+      const float x = dQf[r * sk + f];
+      if (dq_heads)
+        dq_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
+      else
+        dq[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
+    }
+    dQf[r * sk + f] = 0.f;
+  }
+  for (int i = tid; i < Cp * sc; i += kGradThreads) dPf[i] = 0.f;
+  __syncthreads();
+
+  // Sums over the value tiles through dRU = T^T dDelta: dV = diag(beta) dRU, dRW = -dRU S,
+  // dA (before the sign and mask) = dRU Delta^T, dbeta += rowsum(dRU o V).
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    const int64_t v_off = int64_t(hv) * d.dv + e0;
+    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
+    __syncthreads();
+    smem_product<kGradThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float acc) {
+      const bool in = r < L && e < nv;
+      dRU[r * sv + e] = from_f32<E>(in ? acc : 0.f);
+      if (in) dv_out[(bt0 + r) * DV + v_off + e] = from_f32<E>(bet[r] * acc);
+    });
+    __syncthreads();
+    smem_product<kGradThreads>(L, dk, nvp, smem_op(dRU, sv), smem_op_t(S, sk),
+                               [&](int r, int f, float acc) { dRW[r * sk + f] -= acc; });
+    smem_product<kGradThreads>(L, L, nvp, smem_op(dRU, sv), smem_op(D, sv),
+                               [&](int i, int r, float acc) { dAf[i * sc + r] += acc; });
+    for (int i = warp; i < L; i += kWarps) {
+      float tv = 0.f;
+      for (int e = lane; e < nv; e += kWarp) tv += to_f32(dRU[i * sv + e]) * to_f32(v[(bt0 + i) * DV + v_off + e]);
+      tv = warp_sum(tv);
+      if (lane == 0) dbet[i] += tv;
+    }
+    __syncthreads();
+  }
+  // dbeta += Gam rowsum(dRW o K); dgam += beta Gam rowsum(dRW o K); dK += diag(beta Gam) dRW.
+  for (int i = warp; i < L; i += kWarps) {
+    float tw = 0.f;
+    for (int f = lane; f < dk; f += kWarp) tw += dRW[i * sk + f] * to_f32(K[i * sk + f]);
+    tw = warp_sum(tw);
+    if (lane == 0) dbet[i] += Gam[i] * tw, dgam[i] += bet[i] * Gam[i] * tw;
+  }
+  for (int i = tid; i < L * dk; i += kGradThreads) {
+    const int r = i / dk, f = i % dk;
+    dKf[r * sk + f] += bet[r] * Gam[r] * dRW[r * sk + f];
+  }
+  __syncthreads();
+  // dA = -strictly_lower(dRU Delta^T); with KKd = K K^T o decay: G = dA o KKd into dA's place,
+  // dKK = diag(beta) (dA o decay) into PL.
+  smem_product<kGradThreads>(Cp, Cp, dkp, smem_op(K, sk), smem_op(K, sk), [&](int i, int j, float kk) {
+    float dkk = 0.f, gg = 0.f;
+    if (j < i && i < L) {
+      const float dec = expf(gam[i] - gam[j]), da = -dAf[i * sc + j];
+      dkk = bet[i] * da * dec, gg = da * kk * dec;
+    }
+    PL[i * sc + j] = from_f32<E>(dkk);
+    dAf[i * sc + j] = gg;
+  });
+  __syncthreads();
+  // A = strictly_lower(diag(beta) KKd): dbeta += rowsum(G); dgam += beta rowsum(G) - colsum(diag(beta) G).
+  for (int i = warp; i < L; i += kWarps) {
+    float sb = 0.f, sc_ = 0.f;
+    for (int j = lane; j < i; j += kWarp) sb += dAf[i * sc + j];
+    for (int r = i + 1 + lane; r < L; r += kWarp) sc_ += bet[r] * dAf[r * sc + i];
+    sb = warp_sum(sb), sc_ = warp_sum(sc_);
+    if (lane == 0) dbet[i] += sb, dgam[i] += bet[i] * sb - sc_;
+  }
+  // dK += (dKK + dKK^T) K.
+  for_each_tile<kGradThreads>(L, dk, [&](int m0, int n0) {
+    float acc[2][4] = {};
+    warp_tile_mma(acc, smem_op(PL, sc), m0, smem_op_t(K, sk), n0, Cp);
+    warp_tile_mma(acc, smem_op_t(PL, sc), m0, smem_op_t(K, sk), n0, Cp);
+    store_tile(acc, m0, n0, L, dk, [&](int i, int f, float x) { dKf[i * sk + f] += x; });
+  });
+  __syncthreads();
+  for (int i = tid; i < L * dk; i += kGradThreads) {
+    const int r = i / dk, f = i % dk;
+    const float x = dKf[r * sk + f];
+    if (dk_heads)
+      dk_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
+    else
+      dk_out[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
+  }
+  // dg = reverse cumulative sum of dgam over the chunk (gam = cumsum(g)).
+  if (tid == 0) {
+    float run = 0.f;
+    for (int i = L - 1; i >= 0; --i) {
+      dg[(bt0 + i) * d.Hv + hv] = from_f32<TG>(run += dgam[i]);
+      dbeta[(bt0 + i) * d.Hv + hv] = from_f32<TG>(dbet[i]);
+    }
   }
 }
 
@@ -612,6 +715,19 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   CUDA_CHECK_LAUNCH("gdn_chunk_forward_kernel", shapes);
 }
 
+// Value-tile width of the prepare and grads kernels: the widest of 64, 32, 16 columns whose
+// shared memory fits the device; throws naming the need when none does.
+template <class Layout>
+int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const char* kernel) {
+  for (int bv : {64, 32, 16}) {
+    const int w = std::min(bv, round16(d.dv));
+    if (Layout(d.dk, w, d.C).total <= size_t(max_smem)) return w;
+  }
+  throw std::invalid_argument(shapes + ": " + kernel + " needs " + std::to_string(Layout(d.dk, 16, d.C).total) +
+                              " bytes of shared memory per block even at 16 value columns, more than the device's " +
+                              std::to_string(max_smem));
+}
+
 template <class T, class TG>
 void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* dbeta, TG* dg, const T* d_o,
                     const T* q, const T* k, const T* v, const TG* beta, const TG* g, const T* chunk_states, int64_t B,
@@ -621,53 +737,50 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const GdnDims d = gdn_dims(c, Tn);
   const std::string shapes = shape_str("gdn_chunk_backward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
                                        c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
-  int max_smem = 0, n_sm = 0;
+  int max_smem = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device), shapes);
-  CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, ctx.device), shapes);
-  auto smem_for = [&](int slices) {
-    return sizeof(float) * size_t(GdnBwdLayout(d.dk, int(ceil_div(d.dv, slices)), d.C).total);
-  };
-  // As few value slices as fit shared memory; more (down to kMinSliceCols columns each)
-  // while the grid has fewer blocks than the device has SMs.
-  int slices = 1;
-  while (slices < kMaxSlices && slices < d.dv && smem_for(slices) > size_t(max_smem)) ++slices;
-  if (smem_for(slices) > size_t(max_smem))
-    throw std::invalid_argument(shapes + ": even split into " + std::to_string(slices) +
-                                " value slices, the backward needs " + std::to_string(smem_for(slices)) +
+  const int bv_prep = value_tile<GdnPrepLayout<T>>(d, max_smem, shapes, "gdn_bwd_prepare_kernel");
+  const int bv_grad = value_tile<GdnGradLayout<T>>(d, max_smem, shapes, "gdn_bwd_grads_kernel");
+  const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total, smem_state = GdnStateLayout<T>(d.dk, d.C).total,
+               smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
+  if (smem_state > size_t(max_smem))
+    throw std::invalid_argument(shapes + ": gdn_bwd_state_kernel needs " + std::to_string(smem_state) +
                                 " bytes of shared memory per block, more than the device's " +
                                 std::to_string(max_smem));
-  while (slices < kMaxSlices && B * c.n_v_heads * slices < n_sm && ceil_div(d.dv, slices + 1) >= kMinSliceCols)
-    ++slices;
-  const int dvs = int(ceil_div(d.dv, slices));
-  slices = int(ceil_div(d.dv, dvs));  // no empty slice
-  const size_t smem = sizeof(float) * size_t(GdnBwdLayout(d.dk, dvs, d.C).total);
-  auto kernel = gdn_chunk_backward_kernel<T, TG>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), shapes);
+  CUDA_CHECK(cudaFuncSetAttribute(gdn_bwd_prepare_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(smem_prep)),
+             shapes);
+  CUDA_CHECK(cudaFuncSetAttribute(gdn_bwd_state_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(smem_state)),
+             shapes);
+  CUDA_CHECK(cudaFuncSetAttribute(gdn_bwd_grads_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(smem_grad)),
+             shapes);
 
   ArenaScope scope(ctx.scratch);
+  const int64_t heads = B * c.n_v_heads, NC = d.NC, C = d.C;
+  T* t_inv = ctx.scratch.alloc<T>(heads * NC * C * C, "gdn backward T = (I + A)^-1 per chunk");
+  T* w = ctx.scratch.alloc<T>(heads * Tn * d.dk, "gdn backward W");
+  T* delta = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn backward Delta");
+  T* d_delta = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn backward dDelta");
+  T* d_states = ctx.scratch.alloc<T>(heads * NC * d.dv * d.dk, "gdn backward dS per chunk");
   const int64_t group = c.n_v_heads / c.n_heads, per_heads = B * Tn * c.n_v_heads * c.d_head_k;
   float* dq_heads = group > 1 ? ctx.scratch.alloc<float>(per_heads, "gdn backward dq per value head") : nullptr;
   float* dk_heads = group > 1 ? ctx.scratch.alloc<float>(per_heads, "gdn backward dk per value head") : nullptr;
 
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(slices), unsigned(c.n_v_heads), unsigned(B));
-  cfg.blockDim = dim3(kBwdThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = ctx.stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(slices), attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr, cfg.numAttrs = 1;
-  int clusters = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg), shapes);
-  if (clusters < 1)
-    throw std::runtime_error(shapes + ": a cluster of " + std::to_string(slices) + " blocks with " +
-                             std::to_string(smem) + " bytes of shared memory each cannot be scheduled");
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, dq, dk, dq_heads, dk_heads, dv, dbeta, dg, d_o, q, k, v, beta, g,
-                                chunk_states, d, dvs, scale),
-             shapes);
-  CUDA_CHECK_LAUNCH("gdn_chunk_backward_kernel", shapes);
+  const dim3 per_chunk(unsigned(NC), unsigned(c.n_v_heads), unsigned(B));
+  gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kPrepThreads, smem_prep, ctx.stream>>>(
+      t_inv, w, delta, d_delta, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
+  CUDA_CHECK_LAUNCH("gdn_bwd_prepare_kernel", shapes);
+  gdn_bwd_state_kernel<T, TG>
+      <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
+         ctx.stream>>>(d_states, d_delta, q, k, w, g, d_o, d, scale);
+  CUDA_CHECK_LAUNCH("gdn_bwd_state_kernel", shapes);
+  gdn_bwd_grads_kernel<T, TG><<<per_chunk, kGradThreads, smem_grad, ctx.stream>>>(
+      dq, dk, dq_heads, dk_heads, dv, dbeta, dg, q, k, v, beta, g, d_o, chunk_states, t_inv, delta, d_delta, d_states,
+      d, bv_grad, scale);
+  CUDA_CHECK_LAUNCH("gdn_bwd_grads_kernel", shapes);
   if (group > 1) {
     const int64_t n = B * Tn * c.n_heads * c.d_head_k;
     gdn_group_sum_kernel<T><<<unsigned(ceil_div(n, 256)), 256, 0, ctx.stream>>>(
@@ -677,6 +790,16 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
 }
 
 }  // namespace
+
+// Scratch of gdn_chunk_backward: T per chunk, W, Delta, dDelta, dS per chunk in the storage
+// type, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
+size_t gdn_chunk_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes) {
+  const int64_t heads = B * c.n_v_heads, NC = c.n_chunks(Tn), C = c.chunk_size;
+  size_t n = storage_bytes * size_t(heads * (NC * C * C + Tn * (c.d_head_k + 2 * c.d_head_v) +
+                                             NC * c.d_head_v * c.d_head_k));
+  if (c.n_v_heads > c.n_heads) n += 2 * sizeof(float) * size_t(heads * Tn * c.d_head_k);
+  return n + 8 * DeviceArena::round_up(1);
+}
 
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
@@ -852,6 +975,13 @@ void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, con
       a.o_gated, a.o_rstd, a.o, a.gate, p.o_norm, BT * Hv, int(dv), float(c.norm_eps));
   CUDA_CHECK_LAUNCH("gated_rmsnorm_forward_kernel", shapes);
   linear_forward<bf16, bf16>(ctx, y, a.o_gated, p.o_proj, BT, DV, D);
+}
+
+// The layer backward's scratch: its bf16 / fp32 intermediates (as allocated below) and the core's.
+size_t gdn_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn) {
+  const size_t BT = size_t(B * Tn), QK = size_t(c.d_qk()), DV = size_t(c.d_v()), Hv = size_t(c.n_v_heads);
+  const size_t bytes = sizeof(bf16) * BT * (4 * DV + 2 * QK + std::max(QK, DV) + 2 * Hv) + sizeof(float) * BT * 2 * Hv;
+  return bytes + 11 * DeviceArena::round_up(1) + gdn_chunk_backward_scratch_bytes(c, B, Tn, sizeof(bf16));
 }
 
 void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnParams<float>& grad,

@@ -169,12 +169,10 @@ size_t DeviceModel::scratch_bytes(const ModelConfig& m, int64_t B, int64_t Tn) {
   // Attention backward: d_o, dq, dk, dv, dk_raw (bf16) and the core's B Tn H floats.
   const size_t q = size_t(m.n_heads * m.d_head), kv = size_t(m.n_kv_heads * m.d_head);
   need = std::max(need, N * ((2 * q + 3 * kv) * 2 + size_t(m.n_heads) * 4));
-  // GDN / Mamba2 backward: at most a few fp32 gradients of every projection output.
+  // GDN backward: its intermediates and the chunked core's (T, W, Delta, dDelta, dS per chunk).
   const std::string letters = expand_pattern(m.pattern, m.n_layers);
-  if (letters.find('G') != std::string::npos) {
-    const GdnConfig g = gdn_config(m);
-    need = std::max(need, N * size_t(2 * g.d_qk() + 3 * g.d_v() + 2 * g.n_v_heads) * 8);
-  }
+  if (letters.find('G') != std::string::npos) need = std::max(need, gdn_backward_scratch_bytes(gdn_config(m), B, Tn));
+  // Mamba2 backward: at most a few fp32 gradients of every projection output.
   if (letters.find('M') != std::string::npos) {
     const Mamba2Config m2 = mamba2_config(m);
     need = std::max(need, N * size_t(m2.d_in_proj() + 2 * m2.conv_dim()) * 8);

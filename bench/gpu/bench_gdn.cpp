@@ -84,7 +84,9 @@ int main(int argc, char** argv) {
     else throw std::invalid_argument("bench_gpu_gdn: unknown argument " + a + " (known: --heads=N, --bf16)");
   }
   std::printf("device: %s\n", device_summary().c_str());
-  Context ctx(size_t(64) << 20);
+  hysim::GdnConfig shape;  // run()'s largest call: the backward's scratch
+  shape.n_heads = heads, shape.n_v_heads = heads, shape.d_head_k = 96, shape.d_head_v = 192, shape.chunk_size = 64;
+  Context ctx(gdn_chunk_backward_scratch_bytes(shape, 4, 4096, sizeof(float)));
   std::printf("%-34s %9s\n", ("shape (H " + std::to_string(heads) + ", dk 96, dv 192, C 64)").c_str(), "ms");
   const std::string tag = heads == 30 ? "" : "_H" + std::to_string(heads);
   run<bf16>(ctx, "gdn_fwd_B4_T4096" + tag + "_bf16", 4, 4096, heads);

@@ -204,6 +204,129 @@ __device__ __forceinline__ void block_product_column_local(int M, int N, int K, 
     block_mma_column_local<Threads, MaxM>(M, N, K, fa, fb, out);
 }
 
+// ---- products of matrices in shared memory -------------------------------------------------
+// The chunk-parallel kernels keep their operands as whole matrices in shared memory, in the
+// storage type E, and multiply 16 x 16 output tiles per warp: for bf16 by ldmatrix and
+// mma.sync m16n8k16 (bf16 operands, fp32 accumulation: a fragment per instruction instead of
+// an element per load), for fp32 by exact FMAs in the same fragment layout (the configuration
+// the tests hold to fp32 tolerances against the CPU).
+//
+// An operand is read as op(r, k) with r the output's row (A) or column (B) and k the
+// contracted index, so that out(m, n) = sum_k a(m, k) b(n, k) (block_gemm's contract). It is
+// stored with k inner (element at p[r ld + k]) or transposed (p[k ld + r]); both are
+// zero-padded to multiples of 16 in r and k (whole tiles are read; the padding of k must be
+// zero, padded rows only reach outputs the caller discards).
+template <class E>
+struct SmemOperand {
+  const E* p;
+  int ld;
+  bool k_inner;
+  __device__ __forceinline__ float at(int r, int k) const { return to_f32(k_inner ? p[r * ld + k] : p[k * ld + r]); }
+};
+template <class E> __device__ __forceinline__ SmemOperand<E> smem_op(const E* p, int ld) { return {p, ld, true}; }
+template <class E> __device__ __forceinline__ SmemOperand<E> smem_op_t(const E* p, int ld) { return {p, ld, false}; }
+
+__host__ __device__ constexpr int round16(int n) { return (n + 15) / 16 * 16; }
+// Row stride (elements) of such a matrix with rows n long: 16-byte-aligned rows for ldmatrix,
+// and an odd number of 16-byte units so that the 8 rows of an 8 x 8 load hit distinct banks.
+__host__ __device__ constexpr int tile_stride(int n) { return round16(n) + 8; }
+
+// Four 8 x 8 bf16 matrices, one row address per lane (lanes 8 i .. 8 i + 7 give matrix i);
+// .trans delivers each transposed.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// The 16 x 16 block (rows r0.., k k0..) of an operand as an m16n8k16 A fragment: registers
+// (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15). Read as a
+// B operand (rows = n), registers 0, 2 are the fragment of columns n0..n0+7 and 1, 3 of
+// n0+8..n0+15. k inner: plain ldmatrix of rows; transposed: ldmatrix.trans of the stored k rows.
+__device__ __forceinline__ void load_fragment(uint32_t (&f)[4], const SmemOperand<__nv_bfloat16>& o, int r0, int k0) {
+  const int lane = int(threadIdx.x) % kWarp, mi = lane / 8;
+  if (o.k_inner)
+    ldmatrix_x4(f, o.p + (r0 + lane % 16) * o.ld + k0 + (lane / 16) * 8, false);
+  else
+    ldmatrix_x4(f, o.p + (k0 + lane % 8 + 8 * (mi / 2)) * o.ld + r0 + 8 * (mi % 2), true);
+}
+
+// acc += a(m0.., :K) b(n0.., :K)^T for one warp's 16 x 16 output tile, acc[j] holding columns
+// n0 + 8 j .. n0 + 8 j + 7 in the C fragment layout (c0, c1 at row g, columns 2t, 2t+1; c2, c3
+// at row g + 8; g = lane / 4, t = lane % 4). Warp-wide.
+__device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOperand<__nv_bfloat16>& a, int m0,
+                                              const SmemOperand<__nv_bfloat16>& b, int n0, int K) {
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t fa[4], fb[4];
+    load_fragment(fa, a, m0, k0);
+    load_fragment(fb, b, n0, k0);
+    mma_bf16(acc[0], fa, fb[0], fb[2]);
+    mma_bf16(acc[1], fa, fb[1], fb[3]);
+  }
+}
+__device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOperand<float>& a, int m0,
+                                              const SmemOperand<float>& b, int n0, int K) {
+  const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int m = m0 + g + 8 * (r / 2), n = n0 + 8 * j + 2 * t + r % 2;
+      float s = acc[j][r];
+      for (int k = 0; k < K; ++k) s += a.at(m, k) * b.at(n, k);
+      acc[j][r] = s;
+    }
+}
+
+// out(m, n, acc) for the tile's elements inside M x N.
+template <class F>
+__device__ __forceinline__ void store_tile(const float (&acc)[2][4], int m0, int n0, int M, int N, F out) {
+  const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int m = m0 + g + 8 * (r / 2), n = n0 + 8 * j + 2 * t + r % 2;
+      if (m < M && n < N) out(m, n, acc[j][r]);
+    }
+}
+
+// fn(m0, n0) warp-wide for every 16 x 16 tile of an M x N output, tiles spread over the
+// block's warps round-robin. Every thread of the block calls it.
+template <int Threads, class F>
+__device__ __forceinline__ void for_each_tile(int M, int N, F fn) {
+  const int TN = (N + 15) / 16, tiles = ((M + 15) / 16) * TN;
+  for (int tile = int(threadIdx.x) / kWarp; tile < tiles; tile += Threads / kWarp) fn((tile / TN) * 16, (tile % TN) * 16);
+}
+
+// out(m, n, sum_k a(m, k) b(n, k)) for m < M, n < N: the usual single product.
+template <int Threads, class E, class F>
+__device__ __forceinline__ void smem_product(int M, int N, int K, const SmemOperand<E>& a, const SmemOperand<E>& b,
+                                             F out) {
+  for_each_tile<Threads>(M, N, [&](int m0, int n0) {
+    float acc[2][4] = {};
+    warp_tile_mma(acc, a, m0, b, n0, K);
+    store_tile(acc, m0, n0, M, N, out);
+  });
+}
+
+// Offsets of a kernel's dynamic shared memory regions, 128-byte aligned, the same on the host
+// (the size to request) and the device (the pointers).
+struct SmemCarve {
+  size_t bytes = 0;
+  template <class X> __host__ __device__ size_t take(size_t n) {
+    const size_t o = bytes;
+    bytes = (bytes + n * sizeof(X) + 127) / 128 * 128;
+    return o;
+  }
+};
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Blocks of `threads` for a grid-stride loop over n elements: one element per thread up to

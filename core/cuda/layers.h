@@ -153,15 +153,13 @@ template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);
 // hysim::gdn_chunk_backward on the device: dq, dk, dv, dbeta, dg overwritten (shaped like q,
-// k, v, beta, g), from the chunk_states the forward saved. A cluster of blocks per (batch,
-// value head), each a slice of the value columns (as few slices as fit shared memory, more
-// while the grid has fewer blocks than SMs; at most 8), slices summed in order through
-// distributed shared memory. Value heads of a q/k head (Hv > H) are summed in order from
-// fp32 scratch (2 B Tn Hv dk floats). Deterministic (no atomics). Shared memory per block:
-// (dvs + 4 C) LK + max(dvs LK, C LC) + 3 C LV + max(C LC, C (LK - LV)) + 2 C LC + 8 C + 32
-// floats for dvs value columns per slice (LK = mma_stride(dk), LV = dvs + 1, LC = C + 1;
-// Olmo Hybrid's dk 96, dv 192, C 64: 4 slices of 48, 225 KB); throws naming the need if even
-// 8 slices do not fit.
+// k, v, beta, g), from the chunk_states the forward saved. Three chunk-parallel kernels
+// (per chunk: T, W, Delta and the chunk-local dDelta; per 32 value columns, chunks in
+// reverse: dS and the rest of dDelta; per chunk: the gradients), their intermediates in
+// ctx.scratch (gdn_chunk_backward_scratch_bytes). Value heads of a q/k head (Hv > H) are
+// summed in order from fp32 scratch. Deterministic (no atomics). Throws naming the need if a
+// kernel's shared memory does not fit even at 16 value columns per tile.
+size_t gdn_chunk_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes);
 template <class T>
 void gdn_chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, T* dbeta, T* dg, const T* d_o,
                         const T* q, const T* k, const T* v, const T* beta, const T* g, const T* chunk_states,
@@ -201,6 +199,8 @@ template <class V> void visit_acts(const GdnConfig& c, int64_t B, int64_t Tn, Gd
 }
 void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnActsCuda& a, bf16* y,
                  const bf16* x, int64_t B, int64_t Tn);
+// Bytes of ctx.scratch gdn_backward uses, the core's included (the memory plan sizes the arena with it).
+size_t gdn_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn);
 // dx overwritten, grad.* (fp32) accumulated. Scratch: 4 Hv dv + 2 H dk + max(H dk, Hv dv) + 2 Hv
 // bf16 and 2 Hv floats per token, plus what the core, rmsnorm and short_conv backwards take.
 void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnParams<float>& grad,
