@@ -5,20 +5,21 @@
 // Core forward, per (batch, value head), chunks of L <= chunk_size tokens in order, with
 // S [dv, dk] the state entering the chunk:
 //   gam_i = sum_{r <= i} g_r,  Gam = exp(gam),  decay(i, j) = exp(gam_i - gam_j)  (j <= i)
-//   A = strictly_lower(diag(beta) (K K^T o decay)),  M = I + A
-//   U = M^-1 diag(beta) V,  W = M^-1 diag(beta Gam) K,  Delta = U - W S^T
+//   A = strictly_lower(diag(beta) (K K^T o decay)),  T = (I + A)^-1
+//   U = T diag(beta) V,  W = T diag(beta Gam) K,  Delta = U - W S^T
 //   O = scale (diag(Gam) Q S^T + (Q K^T o decay) Delta)        (scale = dk^-0.5)
 //   S' = Gam_{L-1} S + Delta^T diag(decay(L-1, .)) K
 // and the state entering each chunk saved to chunk_states (what the backward reads).
-// One block per (batch, value head, slice of the value columns): every value column of the
-// state, U, Delta and O is independent of the others, so slices run in parallel (enough
-// blocks to fill the device at small B Hv), each recomputing the chunk's dk-wide and L x L
-// quantities (A, W, Q K^T). State slice and chunk operands in shared memory in fp32 (storage
-// T is fp32 or bf16); products by block_product (tensor cores for bf16 storage, fp32 FMAs
-// for fp32); the intra-chunk solves are products with T = (I + A)^-1 (unit_lower_inverse).
+// Only S carries from chunk to chunk, so three kernels: W and U per chunk (all chunks at
+// once); the state pass per slice of 32 value columns (Delta = U - W S^T and S', two small
+// products per chunk, in order); the output per chunk. The backward is split the same way
+// (section "core backward").
 //
-// Core backward: the exact gradient of the chunked computation in three chunk-parallel
-// kernels (the section "core backward" below says which and why).
+// Operands live in shared memory in the storage type, whole chunk matrices, multiplied by
+// smem_product (core/cuda/device_util.cuh): bf16 by ldmatrix + mma.sync m16n8k16 with fp32
+// accumulation, fp32 by exact FMAs (the configuration the tests hold to fp32 tolerances);
+// the state and the sums over the value dimension are fp32. The inversion runs in fp32
+// (unit_lower_inverse) and T is rounded once.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -32,10 +33,11 @@ namespace hysim::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kMinSliceCols = 16;  // more value slices for parallelism only while a slice keeps this many columns
-
-constexpr int kMaxChunk = 64;  // the in-register column strips of block_product_column_local
+constexpr int kThreads = 256;       // the layer's elementwise kernels
+constexpr int kChunkThreads = 512;  // per-chunk kernels: 16 warps for the 16-24 tiles of a chunk product
+constexpr int kStateThreads = 128;  // the state passes
+constexpr int kStateCols = 32;      // value columns per block of a state pass
+constexpr int kMaxChunk = 64;       // the per-chunk kernels' shared memory plans (Olmo Hybrid and FLA use 64)
 
 struct GdnDims {
   int Tn, H, Hv, dk, dv, C, NC;
@@ -85,137 +87,7 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
   }
 }
 
-// Shared memory (floats) for a slice of dvs value columns: S [dvs, dk], K [C, dk], QW [C, dk]
-// (W, then Q), UD [C, dvs] (U, then Delta), AP [C, C] (A, T, then the decayed Q K^T), gam,
-// beta, dend, beta Gam [C]. Row strides mma_stride(dk), mma_stride(dvs), mma_stride(C) (LK, LV,
-// LC): the products' fragment loads are conflict-free or 2-way. QW also serves as the
-// inverse's scratch [16, LC], hence max(LK, LC) floats per row.
-size_t gdn_fwd_smem(const GdnDims& d, int dvs) {
-  const size_t lk = mma_stride(d.dk), lqw = std::max<size_t>(lk, mma_stride(d.C)), lv = mma_stride(dvs),
-               lc = mma_stride(d.C);
-  return sizeof(float) * (size_t(dvs) * lk + size_t(d.C) * (lk + lqw + lv + lc) + 4 * size_t(d.C));
-}
-
-// beta and g in TG: T for the public core, fp32 inside the layer (see GdnActsCuda).
-template <class T, class TG>
-__global__ void __launch_bounds__(kThreads)
-    gdn_chunk_forward_kernel(T* __restrict__ o, T* __restrict__ chunk_states, const T* __restrict__ q,
-                             const T* __restrict__ k, const T* __restrict__ v, const TG* __restrict__ beta,
-                             const TG* __restrict__ g, GdnDims d, int dvs, float scale) {
-  extern __shared__ float sm[];
-  const int dk = d.dk, C = d.C, LK = mma_stride(dk), LV = mma_stride(dvs), LC = mma_stride(C);
-  const int e0 = blockIdx.x * dvs, nv = min(dvs, d.dv - e0);  // this block's value columns
-  float* S = sm;
-  float* K = S + dvs * LK;
-  float* QW = K + C * LK;
-  float* UD = QW + C * max(LK, LC);
-  float* AP = UD + C * LV;
-  float* gam = AP + C * LC;
-  float* bet = gam + C;
-  float* dend = bet + C;
-  float* bGam = dend + C;  // beta Gam
-
-  const int hv = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
-  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv;
-  const int64_t qk_off = int64_t(hv / (d.Hv / d.H)) * dk, v_off = int64_t(hv) * d.dv + e0;
-  for (int i = tid; i < nv * LK; i += kThreads) S[i] = 0.f;
-
-  for (int kc = 0; kc < d.NC; ++kc) {
-    const int t0 = kc * C, L = min(C, d.Tn - t0);
-    const int64_t bt0 = int64_t(b) * d.Tn + t0;
-    __syncthreads();  // previous chunk's state update done
-    T* cs = chunk_states + ((int64_t(b) * d.Hv + hv) * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
-    for (int i = tid; i < nv * dk; i += kThreads) cs[i] = from_f32<T>(S[(i / dk) * LK + i % dk]);
-    for (int i = tid; i < L * dk; i += kThreads) {
-      const int r = i / dk, c = i % dk;
-      K[r * LK + c] = to_f32(k[(bt0 + r) * QK + qk_off + c]);
-    }
-    for (int i = tid; i < L * nv; i += kThreads) {
-      const int r = i / nv, c = i % nv;
-      UD[r * LV + c] = to_f32(v[(bt0 + r) * DV + v_off + c]);
-    }
-    for (int i = tid; i < L; i += kThreads) {
-      gam[i] = to_f32(g[(bt0 + i) * d.Hv + hv]);
-      bet[i] = to_f32(beta[(bt0 + i) * d.Hv + hv]);
-    }
-    __syncthreads();
-    if (tid == 0)  // cumulative log decay, in token order (as the CPU)
-      for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
-    __syncthreads();
-    for (int i = tid; i < L; i += kThreads) dend[i] = expf(gam[L - 1] - gam[i]), bGam[i] = bet[i] * expf(gam[i]);
-    __syncthreads();
-    // A = strictly_lower(diag(beta) (K K^T o decay)), then T = M^-1 = (I + A)^-1 in its place
-    // (W's buffer is free until W is computed: the inverse's scratch).
-    block_product<T, kThreads>(
-        L, L, dk, [&](int r, int e) { return K[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
-        [&](int r, int c, float kk) { AP[r * LC + c] = c < r ? kk * bet[r] * expf(gam[r] - gam[c]) : 0.f; });
-    __syncthreads();
-    unit_lower_inverse<T, kThreads>(L, AP, LC, QW);
-    // W = T diag(beta Gam) K.
-    block_product<T, kThreads>(
-        L, dk, L, [&](int r, int c) { return AP[r * LC + c]; },
-        [&](int e, int c) { return bGam[c] * K[c * LK + e]; },
-        [&](int r, int e, float acc) { QW[r * LK + e] = acc; });
-    __syncthreads();
-    // Delta = U - W S^T = T diag(beta) V - W S^T, over V (column-local).
-    block_product_column_local<T, kThreads, kMaxChunk>(
-        L, nv, L + dk, [&](int r, int c) { return c < L ? AP[r * LC + c] : QW[r * LK + (c - L)]; },
-        [&](int e, int c) { return c < L ? bet[c] * UD[c * LV + e] : -S[e * LK + (c - L)]; },
-        [&](int r, int e, float acc) { UD[r * LV + e] = acc; });
-    __syncthreads();
-    // Q into W's place; P = Q K^T o decay (lower incl. diagonal) into A's place.
-    for (int i = tid; i < L * dk; i += kThreads) {
-      const int r = i / dk, c = i % dk;
-      QW[r * LK + c] = to_f32(q[(bt0 + r) * QK + qk_off + c]);
-    }
-    __syncthreads();
-    block_product<T, kThreads>(
-        L, L, dk, [&](int r, int e) { return QW[r * LK + e]; }, [&](int c, int e) { return K[c * LK + e]; },
-        [&](int r, int c, float qk) { AP[r * LC + c] = c <= r ? qk * expf(gam[r] - gam[c]) : 0.f; });
-    __syncthreads();  // the product above still reads Q
-    // Gam_r Q_r into Q's place, so that O is one product over [Q | P] and [S^T; Delta].
-    for (int i = tid; i < L * dk; i += kThreads) QW[(i / dk) * LK + i % dk] *= expf(gam[i / dk]);
-    __syncthreads();
-    // O = scale (Gam_r Q_r . S_e + sum_{c <= r} P_rc Delta_ce)  (P is 0 above the diagonal).
-    block_product<T, kThreads>(
-        L, nv, dk + L,
-        [&](int r, int c) { return c < dk ? QW[r * LK + c] : AP[r * LC + (c - dk)]; },
-        [&](int e, int c) { return c < dk ? S[e * LK + c] : UD[(c - dk) * LV + e]; },
-        [&](int r, int e, float acc) { o[(bt0 + r) * DV + v_off + e] = from_f32<T>(scale * acc); });
-    __syncthreads();  // S is read above; now update it
-    // S' = Gam_{L-1} S + sum_r Delta_r^T decay(L-1, r) K_r.
-    const float Gam_end = expf(gam[L - 1]);
-    block_product<T, kThreads>(
-        nv, dk, L, [&](int e, int r) { return UD[r * LV + e] * dend[r]; }, [&](int c, int r) { return K[r * LK + c]; },
-        [&](int e, int c, float acc) { S[e * LK + c] = Gam_end * S[e * LK + c] + acc; });
-  }
-}
-
-
-// ---- core backward: three chunk-parallel kernels ------------------------------------
-//
-// The exact gradient of the chunked computation, as the CPU's gdn_chunk_backward (its comment
-// lists the formulas), split where the chunks depend on each other (dS, the gradient w.r.t.
-// the state leaving a chunk, flows from the last chunk to the first) so that everything else
-// runs one block per chunk:
-//   1. gdn_bwd_prepare_kernel (per chunk): T = (I + A)^-1, W = T diag(beta Gam) K,
-//      Delta = T diag(beta) V - W S^T (S from the forward's chunk_states) and the chunk-local
-//      part of dDelta, P^T dOs (P = Q K^T o decay, lower; dOs = scale dO): T, W, Delta and
-//      dDelta to scratch.
-//   2. gdn_bwd_state_kernel (per slice of 32 value columns, chunks in reverse): completes
-//      dDelta += diag(dend) K dS^T, saves dS, then dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
-//      (fp32 across chunks; two small products per chunk).
-//   3. gdn_bwd_grads_kernel (per chunk, over value tiles): with S, dS, Delta, dDelta known,
-//      dQ = diag(Gam) dOs S + dPd K, dK = diag(dend) Delta dS + dPd^T Q + diag(beta Gam) dRW
-//      + (dKK + dKK^T) K, dV = diag(beta) dRU, dbeta, dgam, dg, where dRU = T^T dDelta,
-//      dRW = -dRU S, and dA = -strictly_lower(dRU Delta^T) (= the CPU's
-//      -strictly_lower(dRU U^T + dRW W^T), as U = Delta + W S^T and dRW = -dRU S).
-// Operands live in shared memory in the storage type (bf16: ldmatrix + mma.sync m16n8k16;
-// fp32: exact FMAs, smem_product); sums over the value dimension accumulate in fp32.
-// Deterministic: every output element has one writer, sums run in a fixed order.
-
-constexpr int kPrepThreads = 512, kStateThreads = 128, kGradThreads = 512;
-constexpr int kStateCols = 32;  // value columns per block of the state pass
+// ---- shared by the forward and backward kernels ------------------------------------
 
 struct Unit {
   __device__ float operator()(int) const { return 1.f; }
@@ -273,6 +145,250 @@ __device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, cons
   __syncthreads();
 }
 
+// The chunk's WY factors from K and the gates in shared memory: T = (I + A)^-1 (inverted in
+// fp32 in Tf, tmp its scratch) rounded into Tb [Cp, sc], and W = T diag(beta Gam) K into
+// W [Cp, sk] (Kb holds diag(beta Gam) K); both zero-padded. Ends with a barrier.
+template <int Threads, class E>
+__device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, const float* gam, const float* bet,
+                         const float* Gam, int L, int dk, int Cp, int sk, int sc, int ldf) {
+  const int dkp = round16(dk);
+  for (int i = int(threadIdx.x); i < Cp * dkp; i += Threads) {
+    const int r = i / dkp, e = i % dkp;
+    Kb[r * sk + e] = from_f32<E>(r < L ? bet[r] * Gam[r] * to_f32(K[r * sk + e]) : 0.f);
+  }
+  smem_product<Threads>(L, L, dkp, smem_op(K, sk), smem_op(K, sk), [&](int r, int c, float kk) {
+    Tf[r * ldf + c] = c < r ? bet[r] * expf(gam[r] - gam[c]) * kk : 0.f;
+  });
+  __syncthreads();
+  unit_lower_inverse<E, Threads>(L, Tf, ldf, tmp);
+  for (int i = int(threadIdx.x); i < Cp * Cp; i += Threads) {
+    const int r = i / Cp, c = i % Cp;
+    Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f);
+  }
+  __syncthreads();
+  smem_product<Threads>(Cp, dkp, Cp, smem_op(Tb, sc), smem_op_t(Kb, sk), [&](int r, int e, float acc) {
+    W[r * sk + e] = from_f32<E>(r < L && e < dk ? acc : 0.f);
+  });
+  __syncthreads();
+}
+
+// rows x cols of a shared-memory matrix (row stride ld) to global memory (row stride dst_ld).
+template <int Threads, class E>
+__device__ void store_rows(E* dst, int64_t dst_ld, const E* src, int ld, int rows, int cols) {
+  for (int i = int(threadIdx.x); i < rows * cols; i += Threads) dst[(i / cols) * dst_ld + i % cols] = src[(i / cols) * ld + i % cols];
+}
+
+// ---- core forward: three kernels ------------------------------------------------------
+
+// Shared memory of gdn_fwd_wy_kernel (byte offsets) for dk, value tiles of bv, chunk C.
+template <class E>
+struct GdnWyLayout {
+  int Cp, sk, sc, sv, ldf;
+  size_t K, Kb, W, Tf, tmp, Tb, Vb, vec, total;
+  __host__ __device__ GdnWyLayout(int dk, int bv, int C) {
+    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), ldf = mma_stride(C);
+    SmemCarve m;
+    K = m.take<E>(Cp * sk), Kb = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk);
+    Tf = m.take<float>(C * ldf), tmp = m.take<float>(16 * ldf), Tb = m.take<E>(Cp * sc), Vb = m.take<E>(Cp * sv);
+    vec = m.take<float>(4 * Cp);
+    total = m.bytes;
+  }
+};
+
+// Per chunk: W = T diag(beta Gam) K and U = T diag(beta) V to scratch ([B Hv, Tn, dk], [B Hv, Tn, dv]).
+template <class E, class TG>
+__global__ void __launch_bounds__(kChunkThreads)
+    gdn_fwd_wy_kernel(E* __restrict__ w_out, E* __restrict__ u_out, const E* __restrict__ k,
+                      const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g, GdnDims d,
+                      int bv) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnWyLayout<E> ly(d.dk, bv, d.C);
+  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp;
+  E* K = reinterpret_cast<E*>(smem + ly.K);
+  E* Kb = reinterpret_cast<E*>(smem + ly.Kb);
+  E* W = reinterpret_cast<E*>(smem + ly.W);
+  float* Tf = reinterpret_cast<float*>(smem + ly.Tf);
+  float* tmp = reinterpret_cast<float*>(smem + ly.tmp);
+  E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
+  E* Vb = reinterpret_cast<E*>(smem + ly.Vb);
+  float* gam = reinterpret_cast<float*>(smem + ly.vec);
+  float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp;
+
+  const int kc = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
+  const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+  const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
+  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
+  store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
+  E* ug = u_out + (head * d.Tn + t0) * d.dv;
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    load_rows<kChunkThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
+                             [&](int r) { return bet[r]; });
+    __syncthreads();
+    smem_product<kChunkThreads>(L, nv, Cp, smem_op(Tb, sc), smem_op_t(Vb, sv), [&](int r, int e, float acc) {
+      ug[int64_t(r) * d.dv + e0 + e] = from_f32<E>(acc);
+    });
+    __syncthreads();
+  }
+}
+
+// Shared memory of gdn_fwd_state_kernel (byte offsets).
+template <class E>
+struct GdnFwdStateLayout {
+  int Cp, sk, sx;
+  size_t S, Sb, K, W, X, vec, total;
+  __host__ __device__ GdnFwdStateLayout(int dk, int C) {
+    Cp = round16(C), sk = tile_stride(dk), sx = tile_stride(kStateCols);
+    SmemCarve m;
+    S = m.take<float>(kStateCols * sk), Sb = m.take<E>(kStateCols * sk);
+    K = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk), X = m.take<E>(Cp * sx);
+    vec = m.take<float>(3 * Cp);
+    total = m.bytes;
+  }
+};
+
+// Per 32 value columns, chunks in order: chunk_states <- S; Delta = U - W S^T (over U in
+// scratch); S <- Gam_{L-1} S + (diag(dend) Delta)^T K, S in fp32.
+template <class E, class TG>
+__global__ void __launch_bounds__(kStateThreads)
+    gdn_fwd_state_kernel(E* __restrict__ chunk_states, E* __restrict__ ud, const E* __restrict__ k,
+                         const E* __restrict__ w, const TG* __restrict__ g, GdnDims d) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnFwdStateLayout<E> ly(d.dk, d.C);
+  const int sk = ly.sk, sx = ly.sx, Cp = ly.Cp;
+  float* S = reinterpret_cast<float*>(smem + ly.S);
+  E* Sb = reinterpret_cast<E*>(smem + ly.Sb);
+  E* K = reinterpret_cast<E*>(smem + ly.K);
+  E* W = reinterpret_cast<E*>(smem + ly.W);
+  E* X = reinterpret_cast<E*>(smem + ly.X);  // U, then diag(dend) Delta
+  float* gam = reinterpret_cast<float*>(smem + ly.vec);
+  float *Gam = gam + Cp, *dend = Gam + Cp;
+
+  const int e0 = blockIdx.x * kStateCols, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
+  const int nv = min(kStateCols, d.dv - e0);
+  const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  for (int i = int(threadIdx.x); i < kStateCols * sk; i += kStateThreads) S[i] = 0.f;
+
+  for (int kc = 0; kc < d.NC; ++kc) {
+    const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    const int64_t bt0 = int64_t(b) * d.Tn + t0;
+    E* udc = ud + (head * d.Tn + t0) * d.dv + e0;
+    load_rows<kStateThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kStateThreads>(W, sk, Cp, dkp, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
+    load_rows<kStateThreads>(X, sx, Cp, kStateCols, udc, d.dv, L, nv, Unit{});
+    load_gates<kStateThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
+    E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
+    for (int i = int(threadIdx.x); i < kStateCols * dkp; i += kStateThreads) {
+      const int e = i / dkp, f = i % dkp;
+      const E x = from_f32<E>(e < nv && f < dk ? S[e * sk + f] : 0.f);
+      Sb[e * sk + f] = x;
+      if (e < nv && f < dk) cs[e * dk + f] = x;
+    }
+    __syncthreads();
+    smem_product<kStateThreads>(Cp, kStateCols, dkp, smem_op(W, sk), smem_op(Sb, sk), [&](int r, int e, float acc) {
+      float x = 0.f;
+      if (r < L && e < nv) {
+        const float delta = to_f32(X[r * sx + e]) - acc;
+        udc[int64_t(r) * d.dv + e] = from_f32<E>(delta);
+        x = dend[r] * delta;
+      }
+      X[r * sx + e] = from_f32<E>(x);
+    });
+    __syncthreads();
+    const float Gam_end = Gam[L - 1];
+    smem_product<kStateThreads>(kStateCols, dkp, Cp, smem_op_t(X, sx), smem_op_t(K, sk),
+                                [&](int e, int f, float acc) { S[e * sk + f] = Gam_end * S[e * sk + f] + acc; });
+    __syncthreads();
+  }
+}
+
+// Shared memory of gdn_fwd_output_kernel (byte offsets).
+template <class E>
+struct GdnOutLayout {
+  int Cp, sk, sc, sv;
+  size_t Q, K, P, S, D, vec, total;
+  __host__ __device__ GdnOutLayout(int dk, int bv, int C) {
+    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv);
+    SmemCarve m;
+    Q = m.take<E>(Cp * sk), K = m.take<E>(Cp * sk), P = m.take<E>(Cp * sc);
+    S = m.take<E>(round16(bv) * sk), D = m.take<E>(Cp * sv);
+    vec = m.take<float>(3 * Cp);
+    total = m.bytes;
+  }
+};
+
+// Per chunk, over value tiles: O = scale (diag(Gam) Q S^T + P Delta), P = Q K^T o decay (lower).
+template <class E, class TG>
+__global__ void __launch_bounds__(kChunkThreads)
+    gdn_fwd_output_kernel(E* __restrict__ o, const E* __restrict__ q, const E* __restrict__ k,
+                          const TG* __restrict__ g, const E* __restrict__ chunk_states,
+                          const E* __restrict__ delta, GdnDims d, int bv, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnOutLayout<E> ly(d.dk, bv, d.C);
+  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp;
+  E* Q = reinterpret_cast<E*>(smem + ly.Q);
+  E* K = reinterpret_cast<E*>(smem + ly.K);
+  E* P = reinterpret_cast<E*>(smem + ly.P);
+  E* S = reinterpret_cast<E*>(smem + ly.S);
+  E* D = reinterpret_cast<E*>(smem + ly.D);
+  float* gam = reinterpret_cast<float*>(smem + ly.vec);
+  float *Gam = gam + Cp, *dend = Gam + Cp;
+
+  const int kc = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
+  const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+  const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
+  const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  load_rows<kChunkThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_gates<kChunkThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
+  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
+    P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
+  });
+  __syncthreads();  // the product read Q: now Q <- diag(Gam) Q
+  for (int i = int(threadIdx.x); i < L * dkp; i += kChunkThreads)
+    Q[(i / dkp) * sk + i % dkp] = from_f32<E>(Gam[i / dkp] * to_f32(Q[(i / dkp) * sk + i % dkp]));
+  const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kChunkThreads>(D, sv, Cp, nvp, delta + (head * d.Tn + t0) * d.dv + e0, d.dv, L, nv, Unit{});
+    __syncthreads();
+    E* oc = o + bt0 * DV + int64_t(hv) * d.dv + e0;
+    for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
+      float acc[2][4] = {};
+      warp_tile_mma(acc, smem_op(Q, sk), m0, smem_op(S, sk), n0, dkp);
+      warp_tile_mma(acc, smem_op(P, sc), m0, smem_op_t(D, sv), n0, Cp);
+      store_tile(acc, m0, n0, L, nv, [&](int r, int e, float x) { oc[r * DV + e] = from_f32<E>(scale * x); });
+    });
+    __syncthreads();
+  }
+}
+
+// ---- core backward: three chunk-parallel kernels ------------------------------------
+//
+// The exact gradient of the chunked computation, as the CPU's gdn_chunk_backward (its comment
+// lists the formulas), split where the chunks depend on each other (dS, the gradient w.r.t.
+// the state leaving a chunk, flows from the last chunk to the first) so that everything else
+// runs one block per chunk:
+//   1. gdn_bwd_prepare_kernel (per chunk): T = (I + A)^-1, W = T diag(beta Gam) K,
+//      Delta = T diag(beta) V - W S^T (S from the forward's chunk_states) and the chunk-local
+//      part of dDelta, P^T dOs (P = Q K^T o decay, lower; dOs = scale dO): T, W, Delta and
+//      dDelta to scratch.
+//   2. gdn_bwd_state_kernel (per slice of 32 value columns, chunks in reverse): completes
+//      dDelta += diag(dend) K dS^T, saves dS, then dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
+//      (fp32 across chunks; two small products per chunk).
+//   3. gdn_bwd_grads_kernel (per chunk, over value tiles): with S, dS, Delta, dDelta known,
+//      dQ = diag(Gam) dOs S + dPd K, dK = diag(dend) Delta dS + dPd^T Q + diag(beta Gam) dRW
+//      + (dKK + dKK^T) K, dV = diag(beta) dRU, dbeta, dgam, dg, where dRU = T^T dDelta,
+//      dRW = -dRU S, and dA = -strictly_lower(dRU Delta^T) (= the CPU's
+//      -strictly_lower(dRU U^T + dRW W^T), as U = Delta + W S^T and dRW = -dRU S).
+// Operands live in shared memory in the storage type (bf16: ldmatrix + mma.sync m16n8k16;
+// fp32: exact FMAs, smem_product); sums over the value dimension accumulate in fp32.
+// Deterministic: every output element has one writer, sums run in a fixed order.
+
 // Shared memory of gdn_bwd_prepare_kernel (byte offsets) for dk, value tiles of bv, chunk C.
 template <class E>
 struct GdnPrepLayout {
@@ -291,7 +407,7 @@ struct GdnPrepLayout {
 };
 
 template <class E, class TG>
-__global__ void __launch_bounds__(kPrepThreads)
+__global__ void __launch_bounds__(kChunkThreads)
     gdn_bwd_prepare_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ delta,
                            E* __restrict__ d_delta, const E* __restrict__ q, const E* __restrict__ k,
                            const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
@@ -299,7 +415,7 @@ __global__ void __launch_bounds__(kPrepThreads)
                            float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   const GdnPrepLayout<E> ly(d.dk, bv, d.C);
-  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, ldf = ly.ldf, Cp = ly.Cp;
+  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp;
   E* K = reinterpret_cast<E*>(smem + ly.K);
   E* Q = reinterpret_cast<E*>(smem + ly.Q);
   E* Kb = reinterpret_cast<E*>(smem + ly.Kb);
@@ -318,47 +434,28 @@ __global__ void __launch_bounds__(kPrepThreads)
   const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
   const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
-  load_rows<kPrepThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_rows<kPrepThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_gates<kPrepThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
-  load_rows<kPrepThreads>(Kb, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, [&](int r) { return bet[r] * Gam[r]; });
-  // A = strictly_lower(diag(beta) (K K^T o decay)) in fp32 (inverted below); P = Q K^T o decay.
-  smem_product<kPrepThreads>(L, L, dkp, smem_op(K, sk), smem_op(K, sk), [&](int r, int c, float kk) {
-    Tf[r * ldf + c] = c < r ? bet[r] * expf(gam[r] - gam[c]) * kk : 0.f;
-  });
-  smem_product<kPrepThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
+  load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kChunkThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  // P = Q K^T o decay (lower); T and W (chunk_wy) to scratch for the other kernels.
+  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
     P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
   });
-  __syncthreads();
-  unit_lower_inverse<E, kPrepThreads>(L, Tf, ldf, tmp);
-  E* tg = t_inv + (head * d.NC + kc) * d.C * d.C;
-  for (int i = int(threadIdx.x); i < Cp * Cp; i += kPrepThreads) {
-    const int r = i / Cp, c = i % Cp;
-    const E t = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f);
-    Tb[r * sc + c] = t;
-    if (r < L && c < L) tg[r * d.C + c] = t;
-  }
-  __syncthreads();
-  // W = T diag(beta Gam) K.
-  E* wg = w_out + (head * d.Tn + t0) * dk;
-  smem_product<kPrepThreads>(Cp, dkp, Cp, smem_op(Tb, sc), smem_op_t(Kb, sk), [&](int r, int e, float acc) {
-    const E w = from_f32<E>(r < L && e < dk ? acc : 0.f);
-    W[r * sk + e] = w;
-    if (r < L && e < dk) wg[r * dk + e] = w;
-  });
-  __syncthreads();
+  chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
+  store_rows<kChunkThreads>(t_inv + (head * d.NC + kc) * d.C * d.C, d.C, Tb, sc, L, L);
+  store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
   // Per value tile: Delta = T diag(beta) V - W S^T and dDelta = P^T dOs.
   const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     const int64_t v_off = int64_t(hv) * d.dv + e0;
-    load_rows<kPrepThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, [&](int r) { return bet[r]; });
-    load_rows<kPrepThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + v_off, DV, L, nv, [&](int) { return scale; });
-    load_rows<kPrepThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kChunkThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, [&](int r) { return bet[r]; });
+    load_rows<kChunkThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + v_off, DV, L, nv, [&](int) { return scale; });
+    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
     __syncthreads();
     E* dl = delta + (head * d.Tn + t0) * d.dv + e0;
     E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
-    for_each_tile<kPrepThreads>(L, nv, [&](int m0, int n0) {
+    for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
       float u[2][4] = {}, ws[2][4] = {};
       warp_tile_mma(u, smem_op(Tb, sc), m0, smem_op_t(Vb, sv), n0, Cp);
       warp_tile_mma(ws, smem_op(W, sk), m0, smem_op(S, sk), n0, dkp);
@@ -368,7 +465,7 @@ __global__ void __launch_bounds__(kPrepThreads)
         for (int r = 0; r < 4; ++r) u[j][r] -= ws[j][r];
       store_tile(u, m0, n0, L, nv, [&](int r, int e, float x) { dl[int64_t(r) * d.dv + e] = from_f32<E>(x); });
     });
-    smem_product<kPrepThreads>(L, nv, Cp, smem_op_t(P, sc), smem_op_t(dO, sv), [&](int c, int e, float x) {
+    smem_product<kChunkThreads>(L, nv, Cp, smem_op_t(P, sc), smem_op_t(dO, sv), [&](int c, int e, float x) {
       ddl[int64_t(c) * d.dv + e] = from_f32<E>(x);
     });
     __syncthreads();
@@ -377,10 +474,10 @@ __global__ void __launch_bounds__(kPrepThreads)
 
 // Shared memory of gdn_bwd_state_kernel (byte offsets).
 template <class E>
-struct GdnStateLayout {
+struct GdnBwdStateLayout {
   int Cp, sk, sx;
   size_t dS, dSb, K, QW, X, vec, total;
-  __host__ __device__ GdnStateLayout(int dk, int C) {
+  __host__ __device__ GdnBwdStateLayout(int dk, int C) {
     Cp = round16(C), sk = tile_stride(dk), sx = tile_stride(kStateCols);
     SmemCarve m;
     dS = m.take<float>(kStateCols * sk), dSb = m.take<E>(kStateCols * sk);
@@ -396,7 +493,7 @@ __global__ void __launch_bounds__(kStateThreads)
                          const E* __restrict__ k, const E* __restrict__ w, const TG* __restrict__ g,
                          const E* __restrict__ d_o, GdnDims d, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const GdnStateLayout<E> ly(d.dk, d.C);
+  const GdnBwdStateLayout<E> ly(d.dk, d.C);
   const int sk = ly.sk, sx = ly.sx, Cp = ly.Cp;
   float* dS = reinterpret_cast<float*>(smem + ly.dS);
   E* dSb = reinterpret_cast<E*>(smem + ly.dSb);
@@ -467,7 +564,7 @@ struct GdnGradLayout {
 };
 
 template <class E, class TG>
-__global__ void __launch_bounds__(kGradThreads)
+__global__ void __launch_bounds__(kChunkThreads)
     gdn_bwd_grads_kernel(E* __restrict__ dq, E* __restrict__ dk_out, float* __restrict__ dq_heads,
                          float* __restrict__ dk_heads, E* __restrict__ dv_out, TG* __restrict__ dbeta,
                          TG* __restrict__ dg, const E* __restrict__ q, const E* __restrict__ k,
@@ -499,7 +596,7 @@ __global__ void __launch_bounds__(kGradThreads)
 
   const int kc = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
   const int tid = int(threadIdx.x), lane = tid % kWarp, warp = tid / kWarp;
-  constexpr int kWarps = kGradThreads / kWarp;
+  constexpr int kWarps = kChunkThreads / kWarp;
   const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
   const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
@@ -507,31 +604,31 @@ __global__ void __launch_bounds__(kGradThreads)
   const E* dss = d_states + (head * d.NC + kc) * d.dv * dk;
   const E* dl = delta + (head * d.Tn + t0) * d.dv;
   const E* ddl = d_delta + (head * d.Tn + t0) * d.dv;
-  load_rows<kGradThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_rows<kGradThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_rows<kGradThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
-  for (int i = tid; i < Cp * sk; i += kGradThreads) dKf[i] = 0.f, dQf[i] = 0.f;
-  for (int i = tid; i < Cp * sc; i += kGradThreads) dPf[i] = 0.f;
-  for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
-  load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kChunkThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kChunkThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
+  for (int i = tid; i < Cp * sk; i += kChunkThreads) dKf[i] = 0.f, dQf[i] = 0.f;
+  for (int i = tid; i < Cp * sc; i += kChunkThreads) dPf[i] = 0.f;
+  for (int i = tid; i < Cp; i += kChunkThreads) dgam[i] = 0.f, dbet[i] = 0.f;
+  load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
 
   // Sums over the value tiles: dK = diag(dend) Delta dS, dQ = diag(Gam) dOs S, dP = dOs Delta^T, <S, dS>.
   float ss = 0.f;
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
-    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kGradThreads>(dS, sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
-    load_rows<kGradThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
+    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kChunkThreads>(dS, sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kChunkThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kChunkThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
                             [&](int) { return scale; });
     __syncthreads();
-    smem_product<kGradThreads>(L, dk, nvp, smem_op(D, sv), smem_op_t(dS, sk),
+    smem_product<kChunkThreads>(L, dk, nvp, smem_op(D, sv), smem_op_t(dS, sk),
                                [&](int r, int f, float acc) { dKf[r * sk + f] += dend[r] * acc; });
-    smem_product<kGradThreads>(L, dk, nvp, smem_op(dO, sv), smem_op_t(S, sk),
+    smem_product<kChunkThreads>(L, dk, nvp, smem_op(dO, sv), smem_op_t(S, sk),
                                [&](int r, int f, float acc) { dQf[r * sk + f] += Gam[r] * acc; });
-    smem_product<kGradThreads>(L, L, nvp, smem_op(dO, sv), smem_op(D, sv),
+    smem_product<kChunkThreads>(L, L, nvp, smem_op(dO, sv), smem_op(D, sv),
                                [&](int i, int j, float acc) { dPf[i * sc + j] += acc; });
-    for (int i = tid; i < nv * dk; i += kGradThreads) {
+    for (int i = tid; i < nv * dk; i += kChunkThreads) {
       const int e = i / dk, f = i % dk;
       ss += to_f32(S[e * sk + f]) * to_f32(dS[e * sk + f]);
     }
@@ -540,7 +637,7 @@ __global__ void __launch_bounds__(kGradThreads)
   ss = warp_sum(ss);
   if (lane == 0) red[warp] = ss;
   // P = Q K^T o decay: G = dP o P into dP's place, dPd = dP o decay (lower) into PL.
-  smem_product<kGradThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int i, int j, float qk) {
+  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int i, int j, float qk) {
     float pd = 0.f, gg = 0.f;
     if (j <= i && i < L) {
       const float dec = expf(gam[i] - gam[j]), dp = dPf[i * sc + j];
@@ -569,13 +666,13 @@ __global__ void __launch_bounds__(kGradThreads)
     dgam[L - 1] += Gam[L - 1] * s + ge;
   }
   // dQ += dPd K; dK += dPd^T Q.
-  smem_product<kGradThreads>(L, dk, Cp, smem_op(PL, sc), smem_op_t(K, sk),
+  smem_product<kChunkThreads>(L, dk, Cp, smem_op(PL, sc), smem_op_t(K, sk),
                              [&](int i, int f, float acc) { dQf[i * sk + f] += acc; });
-  smem_product<kGradThreads>(L, dk, Cp, smem_op_t(PL, sc), smem_op_t(Q, sk),
+  smem_product<kChunkThreads>(L, dk, Cp, smem_op_t(PL, sc), smem_op_t(Q, sk),
                              [&](int j, int f, float acc) { dKf[j * sk + f] += acc; });
   __syncthreads();
   // dq is complete: out, and its buffer becomes dRW; dP's becomes dA.
-  for (int i = tid; i < Cp * dkp; i += kGradThreads) {
+  for (int i = tid; i < Cp * dkp; i += kChunkThreads) {
     const int r = i / dkp, f = i % dkp;
     if (r < L && f < dk) {
       const float x = dQf[r * sk + f];
@@ -586,7 +683,7 @@ __global__ void __launch_bounds__(kGradThreads)
     }
     dQf[r * sk + f] = 0.f;
   }
-  for (int i = tid; i < Cp * sc; i += kGradThreads) dPf[i] = 0.f;
+  for (int i = tid; i < Cp * sc; i += kChunkThreads) dPf[i] = 0.f;
   __syncthreads();
 
   // Sums over the value tiles through dRU = T^T dDelta: dV = diag(beta) dRU, dRW = -dRU S,
@@ -594,19 +691,19 @@ __global__ void __launch_bounds__(kGradThreads)
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     const int64_t v_off = int64_t(hv) * d.dv + e0;
-    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
-    load_rows<kGradThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
+    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kChunkThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kChunkThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
     __syncthreads();
-    smem_product<kGradThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float acc) {
+    smem_product<kChunkThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float acc) {
       const bool in = r < L && e < nv;
       dRU[r * sv + e] = from_f32<E>(in ? acc : 0.f);
       if (in) dv_out[(bt0 + r) * DV + v_off + e] = from_f32<E>(bet[r] * acc);
     });
     __syncthreads();
-    smem_product<kGradThreads>(L, dk, nvp, smem_op(dRU, sv), smem_op_t(S, sk),
+    smem_product<kChunkThreads>(L, dk, nvp, smem_op(dRU, sv), smem_op_t(S, sk),
                                [&](int r, int f, float acc) { dRW[r * sk + f] -= acc; });
-    smem_product<kGradThreads>(L, L, nvp, smem_op(dRU, sv), smem_op(D, sv),
+    smem_product<kChunkThreads>(L, L, nvp, smem_op(dRU, sv), smem_op(D, sv),
                                [&](int i, int r, float acc) { dAf[i * sc + r] += acc; });
     for (int i = warp; i < L; i += kWarps) {
       float tv = 0.f;
@@ -623,14 +720,14 @@ __global__ void __launch_bounds__(kGradThreads)
     tw = warp_sum(tw);
     if (lane == 0) dbet[i] += Gam[i] * tw, dgam[i] += bet[i] * Gam[i] * tw;
   }
-  for (int i = tid; i < L * dk; i += kGradThreads) {
+  for (int i = tid; i < L * dk; i += kChunkThreads) {
     const int r = i / dk, f = i % dk;
     dKf[r * sk + f] += bet[r] * Gam[r] * dRW[r * sk + f];
   }
   __syncthreads();
   // dA = -strictly_lower(dRU Delta^T); with KKd = K K^T o decay: G = dA o KKd into dA's place,
   // dKK = diag(beta) (dA o decay) into PL.
-  smem_product<kGradThreads>(Cp, Cp, dkp, smem_op(K, sk), smem_op(K, sk), [&](int i, int j, float kk) {
+  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(K, sk), smem_op(K, sk), [&](int i, int j, float kk) {
     float dkk = 0.f, gg = 0.f;
     if (j < i && i < L) {
       const float dec = expf(gam[i] - gam[j]), da = -dAf[i * sc + j];
@@ -649,14 +746,14 @@ __global__ void __launch_bounds__(kGradThreads)
     if (lane == 0) dbet[i] += sb, dgam[i] += bet[i] * sb - sc_;
   }
   // dK += (dKK + dKK^T) K.
-  for_each_tile<kGradThreads>(L, dk, [&](int m0, int n0) {
+  for_each_tile<kChunkThreads>(L, dk, [&](int m0, int n0) {
     float acc[2][4] = {};
     warp_tile_mma(acc, smem_op(PL, sc), m0, smem_op_t(K, sk), n0, Cp);
     warp_tile_mma(acc, smem_op_t(PL, sc), m0, smem_op_t(K, sk), n0, Cp);
     store_tile(acc, m0, n0, L, dk, [&](int i, int f, float x) { dKf[i * sk + f] += x; });
   });
   __syncthreads();
-  for (int i = tid; i < L * dk; i += kGradThreads) {
+  for (int i = tid; i < L * dk; i += kChunkThreads) {
     const int r = i / dk, f = i % dk;
     const float x = dKf[r * sk + f];
     if (dk_heads)
@@ -706,41 +803,7 @@ void check_core(const char* fn, const GdnConfig& c, int64_t B, int64_t Tn) {
     throw std::invalid_argument(shape_str(std::string(fn) + ": too large; B, Tn, Hv", B, Tn, c.n_v_heads));
 }
 
-template <class T, class TG>
-void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
-                   const TG* beta, const TG* g, int64_t B, int64_t Tn) {
-  check_core("gdn_chunk_forward", c, B, Tn);
-  if (B <= 0 || Tn <= 0) return;
-  const GdnDims d = gdn_dims(c, Tn);
-  const std::string shapes = shape_str("gdn_chunk_forward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
-                                       c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
-  int max_smem = 0, n_sm = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device), shapes);
-  CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, ctx.device), shapes);
-  // Value slices: about two blocks per SM (a slice keeps at least kMinSliceCols columns,
-  // rounded up to the tensor cores' 16-column tiles), more only if the state does not fit.
-  int slices = int(std::clamp<int64_t>(ceil_div(2 * n_sm, B * c.n_v_heads), 1, std::max(1, d.dv / kMinSliceCols)));
-  int dvs = 0;
-  for (;; ++slices) {
-    dvs = int(std::min<int64_t>(d.dv, ceil_div(ceil_div(d.dv, slices), 16) * 16));
-    if (gdn_fwd_smem(d, dvs) <= size_t(max_smem) || dvs <= kMinSliceCols) break;
-  }
-  slices = int(ceil_div(d.dv, dvs));  // no empty slice
-  const size_t smem = gdn_fwd_smem(d, dvs);
-  if (smem > size_t(max_smem))
-    throw std::invalid_argument(shapes + ": a state slice of " + std::to_string(dvs) +
-                                " value columns and the chunk need " + std::to_string(smem) +
-                                " bytes of shared memory, more than the device's " + std::to_string(max_smem));
-  CUDA_CHECK(cudaFuncSetAttribute(gdn_chunk_forward_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(smem)),
-             shapes);
-  const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
-  gdn_chunk_forward_kernel<T, TG><<<dim3(unsigned(slices), unsigned(c.n_v_heads), unsigned(B)), kThreads, smem,
-                                    ctx.stream>>>(o, chunk_states, q, k, v, beta, g, d, dvs, scale);
-  CUDA_CHECK_LAUNCH("gdn_chunk_forward_kernel", shapes);
-}
-
-// Value-tile width of the prepare and grads kernels: the widest of 64, 32, 16 columns whose
+// Value-tile width of a per-chunk kernel: the widest of 64, 32, 16 columns whose
 // shared memory fits the device; throws naming the need when none does.
 template <class Layout>
 int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const char* kernel) {
@@ -753,6 +816,55 @@ int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const 
                               std::to_string(max_smem));
 }
 
+// Opts kernel in to `bytes` of dynamic shared memory; throws naming the kernel if the device has less.
+template <class Kernel>
+void set_smem(Kernel kernel, size_t bytes, int max_smem, const std::string& shapes, const char* name) {
+  if (bytes > size_t(max_smem))
+    throw std::invalid_argument(shapes + ": " + name + " needs " + std::to_string(bytes) +
+                                " bytes of shared memory per block, more than the device's " + std::to_string(max_smem));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), shapes);
+}
+
+int max_smem_per_block(const Context& ctx, const std::string& shapes) {
+  int max_smem = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device), shapes);
+  return max_smem;
+}
+
+template <class T, class TG>
+void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
+                   const TG* beta, const TG* g, int64_t B, int64_t Tn) {
+  check_core("gdn_chunk_forward", c, B, Tn);
+  if (B <= 0 || Tn <= 0) return;
+  const GdnDims d = gdn_dims(c, Tn);
+  const std::string shapes = shape_str("gdn_chunk_forward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
+                                       c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
+  const int max_smem = max_smem_per_block(ctx, shapes);
+  const int bv_wy = value_tile<GdnWyLayout<T>>(d, max_smem, shapes, "gdn_fwd_wy_kernel");
+  const int bv_out = value_tile<GdnOutLayout<T>>(d, max_smem, shapes, "gdn_fwd_output_kernel");
+  const size_t smem_wy = GdnWyLayout<T>(d.dk, bv_wy, d.C).total, smem_state = GdnFwdStateLayout<T>(d.dk, d.C).total,
+               smem_out = GdnOutLayout<T>(d.dk, bv_out, d.C).total;
+  set_smem(gdn_fwd_wy_kernel<T, TG>, smem_wy, max_smem, shapes, "gdn_fwd_wy_kernel");
+  set_smem(gdn_fwd_state_kernel<T, TG>, smem_state, max_smem, shapes, "gdn_fwd_state_kernel");
+  set_smem(gdn_fwd_output_kernel<T, TG>, smem_out, max_smem, shapes, "gdn_fwd_output_kernel");
+
+  ArenaScope scope(ctx.scratch);
+  const int64_t heads = B * c.n_v_heads;
+  T* w = ctx.scratch.alloc<T>(heads * Tn * d.dk, "gdn forward W");
+  T* ud = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn forward U, then Delta");
+  const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
+  const dim3 per_chunk(unsigned(d.NC), unsigned(c.n_v_heads), unsigned(B));
+  gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(w, ud, k, v, beta, g, d, bv_wy);
+  CUDA_CHECK_LAUNCH("gdn_fwd_wy_kernel", shapes);
+  gdn_fwd_state_kernel<T, TG>
+      <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
+         ctx.stream>>>(chunk_states, ud, k, w, g, d);
+  CUDA_CHECK_LAUNCH("gdn_fwd_state_kernel", shapes);
+  gdn_fwd_output_kernel<T, TG><<<per_chunk, kChunkThreads, smem_out, ctx.stream>>>(o, q, k, g, chunk_states, ud, d,
+                                                                                     bv_out, scale);
+  CUDA_CHECK_LAUNCH("gdn_fwd_output_kernel", shapes);
+}
+
 template <class T, class TG>
 void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* dbeta, TG* dg, const T* d_o,
                     const T* q, const T* k, const T* v, const TG* beta, const TG* g, const T* chunk_states, int64_t B,
@@ -762,25 +874,14 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const GdnDims d = gdn_dims(c, Tn);
   const std::string shapes = shape_str("gdn_chunk_backward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
                                        c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
-  int max_smem = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device), shapes);
+  const int max_smem = max_smem_per_block(ctx, shapes);
   const int bv_prep = value_tile<GdnPrepLayout<T>>(d, max_smem, shapes, "gdn_bwd_prepare_kernel");
   const int bv_grad = value_tile<GdnGradLayout<T>>(d, max_smem, shapes, "gdn_bwd_grads_kernel");
-  const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total, smem_state = GdnStateLayout<T>(d.dk, d.C).total,
-               smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
-  if (smem_state > size_t(max_smem))
-    throw std::invalid_argument(shapes + ": gdn_bwd_state_kernel needs " + std::to_string(smem_state) +
-                                " bytes of shared memory per block, more than the device's " +
-                                std::to_string(max_smem));
-  CUDA_CHECK(cudaFuncSetAttribute(gdn_bwd_prepare_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(smem_prep)),
-             shapes);
-  CUDA_CHECK(cudaFuncSetAttribute(gdn_bwd_state_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(smem_state)),
-             shapes);
-  CUDA_CHECK(cudaFuncSetAttribute(gdn_bwd_grads_kernel<T, TG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(smem_grad)),
-             shapes);
+  const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total,
+               smem_state = GdnBwdStateLayout<T>(d.dk, d.C).total, smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
+  set_smem(gdn_bwd_prepare_kernel<T, TG>, smem_prep, max_smem, shapes, "gdn_bwd_prepare_kernel");
+  set_smem(gdn_bwd_state_kernel<T, TG>, smem_state, max_smem, shapes, "gdn_bwd_state_kernel");
+  set_smem(gdn_bwd_grads_kernel<T, TG>, smem_grad, max_smem, shapes, "gdn_bwd_grads_kernel");
 
   ArenaScope scope(ctx.scratch);
   const int64_t heads = B * c.n_v_heads, NC = d.NC, C = d.C;
@@ -795,14 +896,14 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
 
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
   const dim3 per_chunk(unsigned(NC), unsigned(c.n_v_heads), unsigned(B));
-  gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kPrepThreads, smem_prep, ctx.stream>>>(
+  gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kChunkThreads, smem_prep, ctx.stream>>>(
       t_inv, w, delta, d_delta, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_prepare_kernel", shapes);
   gdn_bwd_state_kernel<T, TG>
       <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
          ctx.stream>>>(d_states, d_delta, q, k, w, g, d_o, d, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_state_kernel", shapes);
-  gdn_bwd_grads_kernel<T, TG><<<per_chunk, kGradThreads, smem_grad, ctx.stream>>>(
+  gdn_bwd_grads_kernel<T, TG><<<per_chunk, kChunkThreads, smem_grad, ctx.stream>>>(
       dq, dk, dq_heads, dk_heads, dv, dbeta, dg, q, k, v, beta, g, d_o, chunk_states, t_inv, delta, d_delta, d_states,
       d, bv_grad, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_grads_kernel", shapes);
@@ -815,6 +916,11 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
 }
 
 }  // namespace
+
+// Scratch of gdn_chunk_forward: W and U (then Delta) in the storage type (plus the arena's alignment).
+size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes) {
+  return storage_bytes * size_t(B * c.n_v_heads * Tn * (c.d_head_k + c.d_head_v)) + 2 * DeviceArena::round_up(1);
+}
 
 // Scratch of gdn_chunk_backward: T per chunk, W, Delta, dDelta, dS per chunk in the storage
 // type, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).

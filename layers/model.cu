@@ -169,9 +169,13 @@ size_t DeviceModel::scratch_bytes(const ModelConfig& m, int64_t B, int64_t Tn) {
   // Attention backward: d_o, dq, dk, dv, dk_raw (bf16) and the core's B Tn H floats.
   const size_t q = size_t(m.n_heads * m.d_head), kv = size_t(m.n_kv_heads * m.d_head);
   need = std::max(need, N * ((2 * q + 3 * kv) * 2 + size_t(m.n_heads) * 4));
-  // GDN backward: its intermediates and the chunked core's (T, W, Delta, dDelta, dS per chunk).
+  // GDN: the backward's intermediates and the chunked core's (T, W, Delta, dDelta, dS per chunk;
+  // the forward's W and U are fewer).
   const std::string letters = expand_pattern(m.pattern, m.n_layers);
-  if (letters.find('G') != std::string::npos) need = std::max(need, gdn_backward_scratch_bytes(gdn_config(m), B, Tn));
+  if (letters.find('G') != std::string::npos) {
+    const GdnConfig g = gdn_config(m);
+    need = std::max({need, gdn_backward_scratch_bytes(g, B, Tn), gdn_chunk_forward_scratch_bytes(g, B, Tn, sizeof(bf16))});
+  }
   // Mamba2 backward: at most a few fp32 gradients of every projection output.
   if (letters.find('M') != std::string::npos) {
     const Mamba2Config m2 = mamba2_config(m);

@@ -143,12 +143,12 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
 // ---- Gated DeltaNet chunked core (layers/gated_deltanet.cu) -------------------------
 // hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
 // v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
-// entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 arithmetic
-// (bf16 storage: products on the tensor cores in tf32). One block per (batch, value head,
-// slice of dvs value columns), slices sized for about two blocks per SM; needs
-// (dvs + C) LK + C max(LK, LC) + C LV + C LC + 4 C floats of shared memory per block (C =
-// chunk_size <= 64; LK, LV, LC = mma_stride of dk, dvs, C; Olmo Hybrid's dk 96, C 64 at 48
-// columns: 102 KB); throws if even 16 columns do not fit.
+// entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 accumulation
+// (bf16 storage: products on the tensor cores with bf16 operands). Three kernels (per chunk:
+// W and U; per 32 value columns, chunks in order: the state; per chunk: the output), W and U
+// in ctx.scratch (gdn_chunk_forward_scratch_bytes). C = chunk_size <= 64; throws naming the
+// need if a kernel's shared memory does not fit even at 16 value columns per tile.
+size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes);
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                        const T* beta, const T* g, int64_t B, int64_t Tn);
