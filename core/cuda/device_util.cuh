@@ -147,63 +147,6 @@ __device__ __forceinline__ void block_product(int M, int N, int K, FA fa, FB fb,
     block_mma<Threads>(M, N, K, fa, fb, out);
 }
 
-// In-place products X = F(X) where output column n reads only column n of the operand it
-// overwrites (e.g. X = T X, or Delta = T U - W S^T written over U): out(m, n, .) may write
-// what fb(n, .) reads. M <= MaxM. On the tensor cores each warp owns 8-column strips and
-// keeps the whole strip (all M rows) in registers until its last read; in fp32 each thread
-// owns whole columns. No block barrier inside; columns of different threads never alias.
-template <int Threads, int MaxM, class FA, class FB, class FO>
-__device__ void block_mma_column_local(int M, int N, int K, FA fa, FB fb, FO out) {
-  constexpr int RT = MaxM / 16;
-  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
-  for (int n0 = warp * 8; n0 < N; n0 += Threads / kWarp * 8) {  // strips of 8 columns: more warps busy
-    float acc[RT][4] = {};
-    for (int k0 = 0; k0 < K; k0 += 8) {
-      const int ka = k0 + t, kb = k0 + t + 4;
-      const auto A = [&](int m, int k) { return to_tf32(m < M && k < K ? fa(m, k) : 0.f); };
-      const auto Bv = [&](int n, int k) { return to_tf32(n < N && k < K ? fb(n, k) : 0.f); };
-      const uint32_t b0 = Bv(n0 + g, ka), b1 = Bv(n0 + g, kb);
-#pragma unroll
-      for (int i = 0; i < RT; ++i) {
-        if (i * 16 >= M) break;
-        const int m0 = i * 16;
-        const uint32_t a[4] = {A(m0 + g, ka), A(m0 + g + 8, ka), A(m0 + g, kb), A(m0 + g + 8, kb)};
-        mma_tf32(acc[i], a, b0, b1);
-      }
-    }
-    __syncwarp();  // every lane's reads of the strip are done
-#pragma unroll
-    for (int i = 0; i < RT; ++i)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int m = i * 16 + g + 8 * (r / 2), n = n0 + 2 * t + r % 2;
-        if (m < M && n < N) out(m, n, acc[i][r]);
-      }
-  }
-}
-template <int Threads, int MaxM, class FA, class FB, class FO>
-__device__ void block_gemm_column_local(int M, int N, int K, FA fa, FB fb, FO out) {
-  for (int n = int(threadIdx.x); n < N; n += Threads) {
-    float acc[MaxM] = {};
-    for (int k = 0; k < K; ++k) {
-      const float bv = fb(n, k);
-#pragma unroll
-      for (int m = 0; m < MaxM; ++m)
-        if (m < M) acc[m] += fa(m, k) * bv;
-    }
-#pragma unroll
-    for (int m = 0; m < MaxM; ++m)
-      if (m < M) out(m, n, acc[m]);
-  }
-}
-template <class T, int Threads, int MaxM, class FA, class FB, class FO>
-__device__ __forceinline__ void block_product_column_local(int M, int N, int K, FA fa, FB fb, FO out) {
-  if constexpr (std::is_same_v<T, float>)
-    block_gemm_column_local<Threads, MaxM>(M, N, K, fa, fb, out);
-  else
-    block_mma_column_local<Threads, MaxM>(M, N, K, fa, fb, out);
-}
-
 // ---- products of matrices in shared memory -------------------------------------------------
 // The chunk-parallel kernels keep their operands as whole matrices in shared memory, in the
 // storage type E, and multiply 16 x 16 output tiles per warp: for bf16 by ldmatrix and
