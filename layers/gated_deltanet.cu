@@ -94,30 +94,46 @@ struct Unit {
 };
 
 // dst (rows_pad x cols_pad, row stride ld) = scale(r) src[r src_ld + c] inside rows x cols, 0
-// outside. bf16 rows that allow it move 16 bytes (8 values) per load: these copies are most of
-// the kernels' instructions otherwise (an element each, with an integer division).
+// outside. bf16 rows that allow it move 16 bytes (8 values) per copy, unscaled ones by cp.async
+// (every copy of the thread in flight at once; the loads were the kernels' latency otherwise),
+// scaled ones four loads at a time. The caller's barrier publishes dst.
 template <int Threads, class E, class S, class F>
 __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* src, int64_t src_ld, int rows,
                           int cols, F scale) {
   if constexpr (std::is_same_v<E, S> && std::is_same_v<E, bf16>) {
-    if (cols % 8 == 0 && src_ld % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      const int vc = cols_pad / 8;  // cols_pad and ld are multiples of 8 (round16, tile_stride)
-      for (int i = int(threadIdx.x); i < rows_pad * vc; i += Threads) {
-        const int r = i / vc, c = (i % vc) * 8;
-        uint4 x = make_uint4(0, 0, 0, 0);
-        if (r < rows && c < cols) {
-          x = *reinterpret_cast<const uint4*>(src + r * src_ld + c);
-          if constexpr (!std::is_same_v<F, Unit>) {
-            const float sr = scale(r);
-            __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&x);
+    if (cols % 8 == 0 && src_ld % 8 == 0 && aligned16(src)) {
+      const int vc = cols_pad / 8, n = rows_pad * vc;  // cols_pad and ld are multiples of 8 (round16, tile_stride)
+      if constexpr (std::is_same_v<F, Unit>) {
+        for (int i = int(threadIdx.x); i < n; i += Threads) {
+          const int r = i / vc, c = (i % vc) * 8;
+          const bool in = r < rows && c < cols;
+          cp_async16(dst + r * ld + c, in ? src + r * src_ld + c : src, in ? 16 : 0);
+        }
+        cp_async_wait_all();
+      } else {
+        constexpr int kBatch = 4;
+        for (int i0 = int(threadIdx.x); i0 < n; i0 += kBatch * Threads) {
+          uint4 x[kBatch];
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u) {
+            const int i = i0 + u * Threads, r = i / vc, c = (i % vc) * 8;
+            x[u] = i < n && r < rows && c < cols ? *reinterpret_cast<const uint4*>(src + r * src_ld + c)
+                                                 : make_uint4(0, 0, 0, 0);
+          }
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u) {
+            const int i = i0 + u * Threads, r = i / vc, c = (i % vc) * 8;
+            if (i >= n) break;
+            const float sr = r < rows ? scale(r) : 0.f;
+            __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&x[u]);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
               const float2 f = __bfloat1622float2(h[j]);
               h[j] = __floats2bfloat162_rn(f.x * sr, f.y * sr);
             }
+            *reinterpret_cast<uint4*>(dst + r * ld + c) = x[u];
           }
         }
-        *reinterpret_cast<uint4*>(dst + r * ld + c) = x;
       }
       return;
     }

@@ -17,8 +17,20 @@ namespace {
 constexpr int kThreads = 256;
 
 // out = a + b (the residual add), fp32 arithmetic, one rounding.
-__global__ void residual_add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+// out = a + b; by8: 8 elements per 16-byte access (load8 / store8).
+__global__ void residual_add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n, bool by8) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  if (by8) {
+    for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8; i < n; i += stride * 8) {
+      float x[8], y[8];
+      load8(a + i, x), load8(b + i, y);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x[j] += y[j];
+      store8(out + i, x);
+    }
+    return;
+  }
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
     out[i] = from_f32<bf16>(to_f32(a[i]) + to_f32(b[i]));
 }
 __global__ void scale_kernel(float* x, float s, int64_t n) {
@@ -27,7 +39,8 @@ __global__ void scale_kernel(float* x, float s, int64_t n) {
 }
 
 void residual_add(Context& ctx, bf16* out, const bf16* a, const bf16* b, int64_t n) {
-  residual_add_kernel<<<grid_stride_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(out, a, b, n);
+  const bool by8 = n % 8 == 0 && aligned16(out, a, b);
+  residual_add_kernel<<<grid_stride_blocks(by8 ? n / 8 : n, kThreads), kThreads, 0, ctx.stream>>>(out, a, b, n, by8);
   CUDA_CHECK_LAUNCH("residual_add", shape_str("n", n));
 }
 
