@@ -96,7 +96,7 @@ struct Unit {
 // dst (rows_pad x cols_pad, row stride ld) = scale(r) src[r src_ld + c] inside rows x cols, 0
 // outside. bf16 rows that allow it move 16 bytes (8 values) per copy, unscaled ones by cp.async
 // (every copy of the thread in flight at once; the loads were the kernels' latency otherwise),
-// scaled ones four loads at a time. The caller's barrier publishes dst.
+// scaled ones four loads at a time. dst is ready after publish() (or load_gates, which ends with one).
 template <int Threads, class E, class S, class F>
 __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* src, int64_t src_ld, int rows,
                           int cols, F scale) {
@@ -109,7 +109,6 @@ __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* s
           const bool in = r < rows && c < cols;
           cp_async16(dst + r * ld + c, in ? src + r * src_ld + c : src, in ? 16 : 0);
         }
-        cp_async_wait_all();
       } else {
         constexpr int kBatch = 4;
         for (int i0 = int(threadIdx.x); i0 < n; i0 += kBatch * Threads) {
@@ -144,8 +143,15 @@ __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* s
   }
 }
 
+// Completes this thread's cp.async copies (load_rows), then the block barrier that publishes
+// them and every other shared-memory write.
+__device__ __forceinline__ void publish() {
+  cp_async_wait_all();
+  __syncthreads();
+}
+
 // The chunk's gates: gam = cumsum(g) (in token order, as the CPU), beta, Gam = exp(gam),
-// dend = exp(gam_{L-1} - gam). Ends with a barrier.
+// dend = exp(gam_{L-1} - gam). Publishes the caller's pending load_rows too; ends with a barrier.
 template <int Threads, class TG>
 __device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, const TG* g, const TG* beta, int64_t bt0,
                            int Hv, int hv, int L) {
@@ -153,7 +159,7 @@ __device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, cons
     gam[i] = to_f32(g[(bt0 + i) * Hv + hv]);
     if (bet) bet[i] = to_f32(beta[(bt0 + i) * Hv + hv]);
   }
-  __syncthreads();
+  publish();  // also the callers' load_rows
   if (threadIdx.x == 0)
     for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
   __syncthreads();
@@ -243,7 +249,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     load_rows<kChunkThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
                              [&](int r) { return bet[r]; });
-    __syncthreads();
+    publish();
     smem_product<kChunkThreads>(L, nv, Cp, smem_op(Tb, sc), smem_op_t(Vb, sv), [&](int r, int e, float acc) {
       ug[int64_t(r) * d.dv + e0 + e] = from_f32<E>(acc);
     });
@@ -371,7 +377,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
     load_rows<kChunkThreads>(D, sv, Cp, nvp, delta + (head * d.Tn + t0) * d.dv + e0, d.dv, L, nv, Unit{});
-    __syncthreads();
+    publish();
     E* oc = o + bt0 * DV + int64_t(hv) * d.dv + e0;
     for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
       float acc[2][4] = {};
@@ -468,7 +474,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     load_rows<kChunkThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, [&](int r) { return bet[r]; });
     load_rows<kChunkThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + v_off, DV, L, nv, [&](int) { return scale; });
     load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    __syncthreads();
+    publish();
     E* dl = delta + (head * d.Tn + t0) * d.dv + e0;
     E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
     for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
@@ -531,6 +537,8 @@ __global__ void __launch_bounds__(kStateThreads)
     load_rows<kStateThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
     load_rows<kStateThreads>(QW, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
     load_rows<kStateThreads>(QW + Cp * sk, sk, Cp, dkp, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
+    E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
+    load_rows<kStateThreads>(X + Cp * sx, sx, Cp, kStateCols, ddl, d.dv, L, nv, Unit{});  // P^T dOs
     load_gates<kStateThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
     load_rows<kStateThreads>(X, sx, Cp, kStateCols, d_o + bt0 * DV + v_off, DV, L, nv,
                              [&](int r) { return scale * Gam[r]; });
@@ -541,13 +549,12 @@ __global__ void __launch_bounds__(kStateThreads)
       dSb[e * sk + f] = x;
       if (e < nv && f < dk) ds_out[e * dk + f] = x;
     }
-    __syncthreads();
+    publish();
     // dDelta = P^T dOs (from the prepare kernel) + diag(dend) K dS^T; -dDelta into X.
-    E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
     smem_product<kStateThreads>(Cp, kStateCols, dkp, smem_op(K, sk), smem_op(dSb, sk), [&](int r, int e, float acc) {
       float x = 0.f;
       if (r < L && e < nv) {
-        x = to_f32(ddl[int64_t(r) * d.dv + e]) + dend[r] * acc;
+        x = to_f32(X[(Cp + r) * sx + e]) + dend[r] * acc;
         ddl[int64_t(r) * d.dv + e] = from_f32<E>(x);
       }
       X[(Cp + r) * sx + e] = from_f32<E>(-x);
@@ -637,16 +644,17 @@ __global__ void __launch_bounds__(kChunkThreads)
     load_rows<kChunkThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
     load_rows<kChunkThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
                             [&](int) { return scale; });
-    __syncthreads();
+    publish();
     smem_product<kChunkThreads>(L, dk, nvp, smem_op(D, sv), smem_op_t(dS, sk),
                                [&](int r, int f, float acc) { dKf[r * sk + f] += dend[r] * acc; });
     smem_product<kChunkThreads>(L, dk, nvp, smem_op(dO, sv), smem_op_t(S, sk),
                                [&](int r, int f, float acc) { dQf[r * sk + f] += Gam[r] * acc; });
     smem_product<kChunkThreads>(L, L, nvp, smem_op(dO, sv), smem_op(D, sv),
                                [&](int i, int j, float acc) { dPf[i * sc + j] += acc; });
-    for (int i = tid; i < nv * dk; i += kChunkThreads) {
-      const int e = i / dk, f = i % dk;
-      ss += to_f32(S[e * sk + f]) * to_f32(dS[e * sk + f]);
+    for (int i = tid; i < nvp * (dkp / 8); i += kChunkThreads) {  // the padding is zero
+      const int e = i / (dkp / 8), f = (i % (dkp / 8)) * 8;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += to_f32(S[e * sk + f + j]) * to_f32(dS[e * sk + f + j]);
     }
     __syncthreads();
   }
@@ -710,7 +718,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
     load_rows<kChunkThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
     load_rows<kChunkThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
-    __syncthreads();
+    publish();
     smem_product<kChunkThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float acc) {
       const bool in = r < L && e < nv;
       dRU[r * sv + e] = from_f32<E>(in ? acc : 0.f);

@@ -199,15 +199,15 @@ __device__ __forceinline__ void block_product(int M, int N, int K, FA fa, FB fb,
 // stored with k inner (element at p[r ld + k]) or transposed (p[k ld + r]); both are
 // zero-padded to multiples of 16 in r and k (whole tiles are read; the padding of k must be
 // zero, padded rows only reach outputs the caller discards).
-template <class E>
+template <class E, bool KInner>
 struct SmemOperand {
   const E* p;
   int ld;
-  bool k_inner;
-  __device__ __forceinline__ float at(int r, int k) const { return to_f32(k_inner ? p[r * ld + k] : p[k * ld + r]); }
+  __device__ __forceinline__ float at(int r, int k) const { return to_f32(KInner ? p[r * ld + k] : p[k * ld + r]); }
 };
-template <class E> __device__ __forceinline__ SmemOperand<E> smem_op(const E* p, int ld) { return {p, ld, true}; }
-template <class E> __device__ __forceinline__ SmemOperand<E> smem_op_t(const E* p, int ld) { return {p, ld, false}; }
+// The orientation is a type: each call site's fragment addressing is fixed at compile time.
+template <class E> __device__ __forceinline__ SmemOperand<E, true> smem_op(const E* p, int ld) { return {p, ld}; }
+template <class E> __device__ __forceinline__ SmemOperand<E, false> smem_op_t(const E* p, int ld) { return {p, ld}; }
 
 __host__ __device__ constexpr int round16(int n) { return (n + 15) / 16 * 16; }
 // Row stride (elements) of such a matrix with rows n long: 16-byte-aligned rows for ldmatrix,
@@ -216,9 +216,10 @@ __host__ __device__ constexpr int tile_stride(int n) { return round16(n) + 8; }
 
 // Four 8 x 8 bf16 matrices, one row address per lane (lanes 8 i .. 8 i + 7 give matrix i);
 // .trans delivers each transposed.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
+template <bool Trans>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
   const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  if (trans)
+  if constexpr (Trans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
@@ -232,29 +233,35 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat1
 // (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15). Read as a
 // B operand (rows = n), registers 0, 2 are the fragment of columns n0..n0+7 and 1, 3 of
 // n0+8..n0+15. k inner: plain ldmatrix of rows; transposed: ldmatrix.trans of the stored k rows.
-__device__ __forceinline__ void load_fragment(uint32_t (&f)[4], const SmemOperand<__nv_bfloat16>& o, int r0, int k0) {
+// The lane's address is computed once (base) and stepped by k0.
+template <bool KInner>
+__device__ __forceinline__ const __nv_bfloat16* fragment_base(const SmemOperand<__nv_bfloat16, KInner>& o, int r0) {
   const int lane = int(threadIdx.x) % kWarp, mi = lane / 8;
-  if (o.k_inner)
-    ldmatrix_x4(f, o.p + (r0 + lane % 16) * o.ld + k0 + (lane / 16) * 8, false);
+  if constexpr (KInner)
+    return o.p + (r0 + lane % 16) * o.ld + (lane / 16) * 8;
   else
-    ldmatrix_x4(f, o.p + (k0 + lane % 8 + 8 * (mi / 2)) * o.ld + r0 + 8 * (mi % 2), true);
+    return o.p + (lane % 8 + 8 * (mi / 2)) * o.ld + r0 + 8 * (mi % 2);
 }
 
 // acc += a(m0.., :K) b(n0.., :K)^T for one warp's 16 x 16 output tile, acc[j] holding columns
 // n0 + 8 j .. n0 + 8 j + 7 in the C fragment layout (c0, c1 at row g, columns 2t, 2t+1; c2, c3
 // at row g + 8; g = lane / 4, t = lane % 4). Warp-wide.
-__device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOperand<__nv_bfloat16>& a, int m0,
-                                              const SmemOperand<__nv_bfloat16>& b, int n0, int K) {
-  for (int k0 = 0; k0 < K; k0 += 16) {
+template <bool KA, bool KB>
+__device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOperand<__nv_bfloat16, KA>& a, int m0,
+                                              const SmemOperand<__nv_bfloat16, KB>& b, int n0, int K) {
+  const __nv_bfloat16 *pa = fragment_base(a, m0), *pb = fragment_base(b, n0);
+  const int step_a = KA ? 16 : 16 * a.ld, step_b = KB ? 16 : 16 * b.ld;  // k0 += 16
+  for (int k0 = 0; k0 < K; k0 += 16, pa += step_a, pb += step_b) {
     uint32_t fa[4], fb[4];
-    load_fragment(fa, a, m0, k0);
-    load_fragment(fb, b, n0, k0);
+    ldmatrix_x4<!KA>(fa, pa);
+    ldmatrix_x4<!KB>(fb, pb);
     mma_bf16(acc[0], fa, fb[0], fb[2]);
     mma_bf16(acc[1], fa, fb[1], fb[3]);
   }
 }
-__device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOperand<float>& a, int m0,
-                                              const SmemOperand<float>& b, int n0, int K) {
+template <bool KA, bool KB>
+__device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOperand<float, KA>& a, int m0,
+                                              const SmemOperand<float, KB>& b, int n0, int K) {
   const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int j = 0; j < 2; ++j)
@@ -289,9 +296,8 @@ __device__ __forceinline__ void for_each_tile(int M, int N, F fn) {
 }
 
 // out(m, n, sum_k a(m, k) b(n, k)) for m < M, n < N: the usual single product.
-template <int Threads, class E, class F>
-__device__ __forceinline__ void smem_product(int M, int N, int K, const SmemOperand<E>& a, const SmemOperand<E>& b,
-                                             F out) {
+template <int Threads, class A, class B, class F>
+__device__ __forceinline__ void smem_product(int M, int N, int K, const A& a, const B& b, F out) {
   for_each_tile<Threads>(M, N, [&](int m0, int n0) {
     float acc[2][4] = {};
     warp_tile_mma(acc, a, m0, b, n0, K);
