@@ -197,7 +197,8 @@ __device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, 
 // rows x cols of a shared-memory matrix (row stride ld) to global memory (row stride dst_ld).
 template <int Threads, class E>
 __device__ void store_rows(E* dst, int64_t dst_ld, const E* src, int ld, int rows, int cols) {
-  for (int i = int(threadIdx.x); i < rows * cols; i += Threads) dst[(i / cols) * dst_ld + i % cols] = src[(i / cols) * ld + i % cols];
+  for (int i = int(threadIdx.x); i < rows * cols; i += Threads)
+    dst[(i / cols) * dst_ld + i % cols] = src[(i / cols) * ld + i % cols];
 }
 
 // ---- core forward: three kernels ------------------------------------------------------
@@ -845,7 +846,8 @@ template <class Kernel>
 void set_smem(Kernel kernel, size_t bytes, int max_smem, const std::string& shapes, const char* name) {
   if (bytes > size_t(max_smem))
     throw std::invalid_argument(shapes + ": " + name + " needs " + std::to_string(bytes) +
-                                " bytes of shared memory per block, more than the device's " + std::to_string(max_smem));
+                                " bytes of shared memory per block, more than the device's " +
+                                std::to_string(max_smem));
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), shapes);
 }
 
@@ -901,8 +903,9 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const int max_smem = max_smem_per_block(ctx, shapes);
   const int bv_prep = value_tile<GdnPrepLayout<T>>(d, max_smem, shapes, "gdn_bwd_prepare_kernel");
   const int bv_grad = value_tile<GdnGradLayout<T>>(d, max_smem, shapes, "gdn_bwd_grads_kernel");
-  const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total,
-               smem_state = GdnBwdStateLayout<T>(d.dk, d.C).total, smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
+  const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total;
+  const size_t smem_state = GdnBwdStateLayout<T>(d.dk, d.C).total;
+  const size_t smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
   set_smem(gdn_bwd_prepare_kernel<T, TG>, smem_prep, max_smem, shapes, "gdn_bwd_prepare_kernel");
   set_smem(gdn_bwd_state_kernel<T, TG>, smem_state, max_smem, shapes, "gdn_bwd_state_kernel");
   set_smem(gdn_bwd_grads_kernel<T, TG>, smem_grad, max_smem, shapes, "gdn_bwd_grads_kernel");

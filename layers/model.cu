@@ -187,7 +187,8 @@ size_t DeviceModel::scratch_bytes(const ModelConfig& m, int64_t B, int64_t Tn) {
   const std::string letters = expand_pattern(m.pattern, m.n_layers);
   if (letters.find('G') != std::string::npos) {
     const GdnConfig g = gdn_config(m);
-    need = std::max({need, gdn_backward_scratch_bytes(g, B, Tn), gdn_chunk_forward_scratch_bytes(g, B, Tn, sizeof(bf16))});
+    need = std::max(
+        {need, gdn_backward_scratch_bytes(g, B, Tn), gdn_chunk_forward_scratch_bytes(g, B, Tn, sizeof(bf16))});
   }
   // Mamba2 backward: at most a few fp32 gradients of every projection output.
   if (letters.find('M') != std::string::npos) {

@@ -292,7 +292,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][4], int m0, int
 template <int Threads, class F>
 __device__ __forceinline__ void for_each_tile(int M, int N, F fn) {
   const int TN = (N + 15) / 16, tiles = ((M + 15) / 16) * TN;
-  for (int tile = int(threadIdx.x) / kWarp; tile < tiles; tile += Threads / kWarp) fn((tile / TN) * 16, (tile % TN) * 16);
+  for (int tile = int(threadIdx.x) / kWarp; tile < tiles; tile += Threads / kWarp)
+    fn((tile / TN) * 16, (tile % TN) * 16);
 }
 
 // out(m, n, sum_k a(m, k) b(n, k)) for m < M, n < N: the usual single product.
