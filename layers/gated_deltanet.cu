@@ -201,6 +201,19 @@ __device__ void store_rows(E* dst, int64_t dst_ld, const E* src, int ld, int row
     dst[(i / cols) * dst_ld + i % cols] = src[(i / cols) * ld + i % cols];
 }
 
+// A state pass's fp32 slice S [kStateCols, dk] (row stride sk) rounded into the product
+// operand Sb (zero-padded) and saved to out [nv, dk] (chunk_states or the backward's dS).
+template <class E>
+__device__ void snapshot_state(E* Sb, E* out, const float* S, int sk, int nv, int dk) {
+  const int dkp = round16(dk);
+  for (int i = int(threadIdx.x); i < kStateCols * dkp; i += kStateThreads) {
+    const int e = i / dkp, f = i % dkp;
+    const E x = from_f32<E>(e < nv && f < dk ? S[e * sk + f] : 0.f);
+    Sb[e * sk + f] = x;
+    if (e < nv && f < dk) out[e * dk + f] = x;
+  }
+}
+
 // ---- core forward: three kernels ------------------------------------------------------
 
 // Shared memory of gdn_fwd_wy_kernel (byte offsets) for dk, value tiles of bv, chunk C.
@@ -303,13 +316,7 @@ __global__ void __launch_bounds__(kStateThreads)
     load_rows<kStateThreads>(W, sk, Cp, dkp, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
     load_rows<kStateThreads>(X, sx, Cp, kStateCols, udc, d.dv, L, nv, Unit{});
     load_gates<kStateThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
-    E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
-    for (int i = int(threadIdx.x); i < kStateCols * dkp; i += kStateThreads) {
-      const int e = i / dkp, f = i % dkp;
-      const E x = from_f32<E>(e < nv && f < dk ? S[e * sk + f] : 0.f);
-      Sb[e * sk + f] = x;
-      if (e < nv && f < dk) cs[e * dk + f] = x;
-    }
+    snapshot_state(Sb, chunk_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0) * dk, S, sk, nv, dk);
     __syncthreads();
     smem_product<kStateThreads>(Cp, kStateCols, dkp, smem_op(W, sk), smem_op(Sb, sk), [&](int r, int e, float acc) {
       float x = 0.f;
@@ -543,13 +550,7 @@ __global__ void __launch_bounds__(kStateThreads)
     load_gates<kStateThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
     load_rows<kStateThreads>(X, sx, Cp, kStateCols, d_o + bt0 * DV + v_off, DV, L, nv,
                              [&](int r) { return scale * Gam[r]; });
-    E* ds_out = d_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0) * dk;
-    for (int i = int(threadIdx.x); i < kStateCols * dkp; i += kStateThreads) {
-      const int e = i / dkp, f = i % dkp;
-      const E x = from_f32<E>(e < nv && f < dk ? dS[e * sk + f] : 0.f);
-      dSb[e * sk + f] = x;
-      if (e < nv && f < dk) ds_out[e * dk + f] = x;
-    }
+    snapshot_state(dSb, d_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0) * dk, dS, sk, nv, dk);
     publish();
     // dDelta = P^T dOs (from the prepare kernel) + diag(dend) K dS^T; -dDelta into X.
     smem_product<kStateThreads>(Cp, kStateCols, dkp, smem_op(K, sk), smem_op(dSb, sk), [&](int r, int e, float acc) {

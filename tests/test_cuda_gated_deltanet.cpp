@@ -254,13 +254,14 @@ TEST_CASE("gdn chunked forward CUDA bf16 storage matches the CPU") {
   check_gdn<bf16>(1, 40, 2, 2, 16, 16, 16, 7);
 }
 
-// Value slices per (batch, value head) follow from the shapes (core/cuda/layers.h): B Hv < SMs
-// gives 16..24-column slices here; (3, 12 heads) at dv 192 the 4 slices of 48 that Olmo Hybrid's
-// training shapes get. dv 50 splits unevenly (17, 17, 16).
+// The value dimension is tiled twice (layers/gated_deltanet.cu): the dS pass takes slices of 32
+// columns (dv 48, 50: a full slice and a ragged one; dv 192: six), the per-chunk kernels tiles
+// of 64 (bf16) or, where 64 would not fit shared memory, 32 (fp32 storage at dk 96: six tiles
+// of dv 192 summed in order); dv 50 is one ragged tile padded to 64.
 TEST_CASE("gdn chunked backward CUDA fp32 storage matches the CPU (small)") {
   check_gdn_backward<float>(2, 150, 2, 4, 32, 48, 64, 11);  // Hv > H, last chunk short
   check_gdn_backward<float>(1, 40, 2, 4, 16, 32, 16, 12);   // small chunks, ragged last chunk
-  check_gdn_backward<float>(1, 100, 1, 2, 16, 50, 64, 13);  // uneven value slices
+  check_gdn_backward<float>(1, 100, 1, 2, 16, 50, 64, 13);  // ragged value slices
 }
 
 TEST_CASE("gdn chunked backward CUDA fp32 storage matches the CPU (Olmo Hybrid head dims)") {
@@ -272,7 +273,7 @@ TEST_CASE("gdn chunked backward CUDA bf16 storage matches the CPU") {
   check_gdn_backward<bf16>(2, 130, 2, 4, 16, 32, 64, 16);
   check_gdn_backward<bf16>(1, 256, 4, 4, 96, 192, 64, 17);
   check_gdn_backward<bf16>(3, 128, 12, 12, 96, 192, 64, 18);
-  check_gdn_backward<bf16>(1, 100, 1, 2, 16, 50, 64, 19);  // uneven value slices, ragged mma tiles
+  check_gdn_backward<bf16>(1, 100, 1, 2, 16, 50, 64, 19);  // ragged value slices and mma tiles
   check_gdn_backward<bf16>(1, 40, 2, 4, 16, 32, 16, 20);   // small chunks
 }
 
