@@ -4,14 +4,17 @@ with a loop over chunks, at the same shape, timed with CUDA events (median after
 It first checks itself against the token-by-token recurrence in float64 on a small problem
 and prints the relative error, so that a wrong peer cannot pass unnoticed.
 
-Second peer, when flash-linear-attention (FLA) imports (brought as source: PYTHONPATH=.peer):
+The same function with its two pieces (per-chunk preparation, one chunk's step) under
+torch.compile, forward and forward + backward (autograd), against ours (compiled_peer).
+
+Third peer, when flash-linear-attention (FLA) imports (brought as source: PYTHONPATH=.peer):
 its Triton chunk_gated_delta_rule, forward and forward + backward (dq, dk, dv, dbeta, dg from a
 random dO), bf16 q/k/v/beta and fp32 log decays, in FLA's own [B, T, H, d] layout, at the same
 shape. Its forward and gradients are first compared on a short problem with the float64 chunked
 peer above (autograd through it for the gradients), so the #640 guard bypass (see
 peer_common.fla_bypass_hopper_guard) shows how wrong its gradients are on this Triton.
 
-    PYTHONPATH=.peer python3 bench/gpu/gdn_peer.py [--ours FILE]   (FILE: bench_gpu_gdn's output)
+    PYTHONPATH=.peer python3 bench/gpu/gdn_peer.py [--ours FILE] [--skip-fla]   (FILE: bench_gpu_gdn's output)
 """
 import argparse
 import time
@@ -21,11 +24,11 @@ import torch
 from peer_common import fla_bypass_hopper_guard, fla_describe, median_ms, read_ours
 
 
-def gdn_chunk_forward(q, k, v, beta, g, C=64):
-    """q, k [B, H, T, dk] (L2-normalised), v [B, H, T, dv], beta, g [B, H, T]; T % C == 0."""
+def gdn_prepare(q, k, v, beta, g, C):
+    """Everything of the chunked forward that is per chunk (all chunks at once): q, k split into
+    chunks, U, W (triangular solves), P = Q K^T o decay, gam = cumsum(g), Gam = exp(gam)."""
     B, H, T, dk = q.shape
-    dv, n = v.shape[-1], T // C
-    scale = dk ** -0.5
+    n = T // C
     q, k, v = (x.reshape(B, H, n, C, -1) for x in (q, k, v))
     beta, g = beta.reshape(B, H, n, C), g.reshape(B, H, n, C)
     gam = g.cumsum(-1)
@@ -39,14 +42,28 @@ def gdn_chunk_forward(q, k, v, beta, g, C=64):
     U = torch.linalg.solve_triangular(M, beta[..., None] * v, upper=False, unitriangular=True)
     W = torch.linalg.solve_triangular(M, (beta * Gam)[..., None] * k, upper=False, unitriangular=True)
     P = (q @ k.transpose(-1, -2)) * decay
-    S = q.new_zeros(B, H, dv, dk)
-    o = torch.empty_like(v)
-    for i in range(n):
-        Delta = U[:, :, i] - W[:, :, i] @ S.transpose(-1, -2)
-        o[:, :, i] = scale * (Gam[:, :, i, :, None] * (q[:, :, i] @ S.transpose(-1, -2)) + P[:, :, i] @ Delta)
-        dend = (gam[:, :, i, -1:] - gam[:, :, i]).exp()
-        S = Gam[:, :, i, -1, None, None] * S + Delta.transpose(-1, -2) @ (dend[..., None] * k[:, :, i])
-    return o.reshape(B, H, T, dv)
+    return q, k, U, W, P, gam, Gam
+
+
+def gdn_step(S, U, W, q, k, P, gam, Gam):
+    """One chunk: its output from the entering state S [B, H, dv, dk], and the next state."""
+    Delta = U - W @ S.transpose(-1, -2)
+    o = q.shape[-1] ** -0.5 * (Gam[..., None] * (q @ S.transpose(-1, -2)) + P @ Delta)
+    dend = (gam[..., -1:] - gam).exp()
+    return Gam[..., -1, None, None] * S + Delta.transpose(-1, -2) @ (dend[..., None] * k), o
+
+
+def gdn_chunk_forward(q, k, v, beta, g, C=64, prepare=gdn_prepare, step=gdn_step):
+    """q, k [B, H, T, dk] (L2-normalised), v [B, H, T, dv], beta, g [B, H, T]; T % C == 0.
+    prepare / step: gdn_prepare / gdn_step or their torch.compile'd versions."""
+    B, H, T, dk = q.shape
+    q, k, U, W, P, gam, Gam = prepare(q, k, v, beta, g, C)
+    S = q.new_zeros(B, H, v.shape[-1], dk)
+    outs = []
+    for i in range(T // C):
+        S, o = step(S, U[:, :, i], W[:, :, i], q[:, :, i], k[:, :, i], P[:, :, i], gam[:, :, i], Gam[:, :, i])
+        outs.append(o)
+    return torch.stack(outs, 2).reshape(B, H, T, -1)
 
 
 def gdn_recurrent(q, k, v, beta, g):
@@ -74,6 +91,7 @@ def inputs(B, H, T, dk, dv, dtype):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours")
+    ap.add_argument("--skip-fla", action="store_true", help="only the PyTorch peers")
     args = ap.parse_args()
     ours = read_ours(args.ours)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
@@ -90,11 +108,54 @@ def main():
         print(f"{name:30s} {ms:9.3f} {o:9.3f} {ms / o:6.2f}")
     print("peer: PyTorch eager fp32 chunked forward; ratio = peer ms / ours ms (> 1: ours faster)")
     try:
+        compiled_peer(ours, x)
+    except Exception:  # noqa: BLE001
+        import traceback
+        traceback.print_exc()
+        print("torch.compile peer failed (traceback above)")
+    if args.skip_fla:
+        return
+    try:
         fla_peer(ours)
     except Exception:  # noqa: BLE001 (the eager figures above stand on their own)
         import traceback
         traceback.print_exc()
         print("FLA peer failed (traceback above)")
+
+
+def compiled_peer(ours, x):
+    """The same chunked GDN with gdn_prepare and gdn_step under torch.compile (the 64-chunk loop
+    stays in Python, as a graph break would put it anyway), forward and forward + backward
+    (autograd, random dO), eager and compiled, fp32, against ours (bf16 storage)."""
+    cprep, cstep = torch.compile(gdn_prepare), torch.compile(gdn_step)
+    t0 = time.time()
+    with torch.no_grad():
+        gdn_chunk_forward(*x, prepare=cprep, step=cstep)
+    torch.cuda.synchronize()
+    print(f"\ntorch.compile peer ({time.time() - t0:.0f} s to compile the forward)")
+    with torch.no_grad():
+        fwd_c = median_ms(lambda: gdn_chunk_forward(*x, prepare=cprep, step=cstep))
+    xg = [t.clone().requires_grad_() for t in x]
+    d_o = torch.randn_like(x[2])
+
+    def fwd_bwd(prep, st):
+        for t in xg:
+            t.grad = None
+        gdn_chunk_forward(*xg, prepare=prep, step=st).backward(d_o)
+
+    fb_e = median_ms(lambda: fwd_bwd(gdn_prepare, gdn_step), warmup=1, reps=5)
+    t0 = time.time()
+    fwd_bwd(cprep, cstep)
+    torch.cuda.synchronize()
+    print(f"({time.time() - t0:.0f} s to compile the backward)")
+    fb_c = median_ms(lambda: fwd_bwd(cprep, cstep), warmup=1, reps=5)
+    o_f = ours.get("gdn_fwd_B4_T4096_bf16", (float("nan"),))[0]
+    o_fb = ours.get("gdn_fwd_B4_T4096_bf16_fwdbwd", (float("nan"),))[0]
+    print(f"{'B4 T4096 H30 dk96 dv192, peer fp32':38s} {'peer ms':>9s} {'ours ms':>9s} {'ratio':>6s}")
+    for name, ms, o in (("eager fwd+bwd", fb_e, o_fb), ("torch.compile fwd", fwd_c, o_f),
+                        ("torch.compile fwd+bwd", fb_c, o_fb)):
+        print(f"{name:38s} {ms:9.3f} {o:9.3f} {ms / o:6.2f}")
+    print("ratio = peer ms / ours ms (> 1: ours faster); ours: bf16 storage")
 
 
 def rel(a, b):
