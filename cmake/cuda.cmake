@@ -26,7 +26,15 @@ if(HYSIM_CUDA)
   file(GLOB HYSIM_CUDA_SRCS CONFIGURE_DEPENDS core/cuda/*.cu core/cuda/*.cpp)
   list(FILTER HYSIM_CUDA_SRCS EXCLUDE REGEX "train_backend\\.cpp$")  # part of hysim_train (below)
   add_library(hysim_cuda STATIC ${HYSIM_CUDA_SRCS})
-  target_link_libraries(hysim_cuda PUBLIC hysim_core CUDA::cudart CUDA::cublasLt)
+  # NCCL (data parallel, core/cuda/nccl_comm.cpp): shipped with the CUDA toolkit here and
+  # on the GPU host; NCCL_ROOT points elsewhere.
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${NCCL_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(NCCL_LIBRARY nccl HINTS ${NCCL_ROOT}/lib ${NCCL_ROOT}/lib64 ${CUDAToolkit_LIBRARY_DIR})
+  if(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
+    message(FATAL_ERROR "NCCL (nccl.h, libnccl) not found: install it or set NCCL_ROOT")
+  endif()
+  target_link_libraries(hysim_cuda PUBLIC hysim_core CUDA::cudart CUDA::cublasLt ${NCCL_LIBRARY})
+  target_include_directories(hysim_cuda PUBLIC ${NCCL_INCLUDE_DIR})
   hysim_cuda_host_flags(hysim_cuda)
 
   # layer_<name>_cuda: layers/<name>.cu on top of the CPU layer (its header and config).

@@ -13,6 +13,7 @@
 #include "core/optimizer.h"
 #include "core/results.h"
 #include "core/schedule.h"
+#include "core/distributed.h"
 #include "core/train_backend.h"
 #include "layers/model.h"
 #include "scaling/accounting.h"
@@ -199,7 +200,8 @@ std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& mc, const Adam
 }
 
 #ifndef HYSIM_HAVE_CUDA
-std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig&, const AdamWConfig&, int64_t, int64_t, uint64_t) {
+std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig&, const AdamWConfig&, int64_t, int64_t, uint64_t,
+                                                const WorldInfo&, const std::string&) {
   throw std::runtime_error(
       "run.device = cuda: this binary was built without the CUDA backend (configure with the `cuda` preset)");
 }
@@ -220,9 +222,17 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   ac.beta2 = tc.beta2;
   ac.eps = tc.adam_eps;
   ac.weight_decay = tc.weight_decay;
-  std::unique_ptr<TrainBackend> backend = cfg.run.device == "cuda"
-                                              ? make_cuda_backend(cfg.model, ac, B, T, uint64_t(tc.seed))
-                                              : make_cpu_backend(cfg.model, ac, B, T, uint64_t(tc.seed));
+  // Data parallel: each rank trains on its own batches (core/distributed.h).
+  const WorldInfo world = world_from_env();
+  if (world.distributed() && cfg.run.device != "cuda")
+    throw std::runtime_error("data parallel training (" + world.source + ": " + std::to_string(world.size) +
+                             " processes) needs run.device = cuda");
+  std::unique_ptr<TrainBackend> backend =
+      cfg.run.device == "cuda"
+          ? make_cuda_backend(cfg.model, ac, B, T, uint64_t(tc.seed), world, rendezvous_path(world, cfg.run.out_dir))
+          : make_cpu_backend(cfg.model, ac, B, T, uint64_t(tc.seed));
+  const bool leader = world.leader();  // the one rank that writes results, checkpoints and progress
+  const int64_t ranks = world.size;
   const ScheduleConfig sched = schedule_config(tc);
 
   TrainOutcome out;
@@ -238,12 +248,12 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     backend->load_param_tensors(ck.params, "checkpoint " + cfg.run.resume);
     backend->load_optimizer_tensors(ck.optimizer, ck.step);
     start = ck.step;
-    if (std::filesystem::exists(out.results_path)) {
+    if (leader && std::filesystem::exists(out.results_path)) {
       results = std::make_unique<RunResults>(RunResults::load(out.results_path));
       results->truncate_after(start);  // rows after the checkpoint are recomputed
     }
   }
-  if (!results) {
+  if (leader && !results) {
     RunAttributes attrs;
     attrs.config_text = config_text;
     attrs.backend = backend->name();
@@ -269,6 +279,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
                              "<run>.stable" + std::to_string(branches[size_t(branch)].start) +
                              ".ckpt.h5, not from a checkpoint of step " + std::to_string(start));
 
+  // Collective: every rank gathers, the leader writes.
   auto save_ckpt = [&](int64_t step, const std::string& path) {
     Checkpoint ck;
     ck.step = step;
@@ -276,25 +287,33 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     ck.params = backend->param_tensors();
     ck.optimizer = backend->optimizer_tensors();
     ck.rng_state = {uint64_t(tc.seed)};
-    ck.data_cursor = {step * tc.grad_accum};
+    ck.data_cursor = {step * tc.grad_accum * ranks};
     ck.meta["backend"] = backend->name();
-    save_checkpoint(path, ck);
+    if (ranks > 1) ck.meta["data_parallel"] = std::to_string(ranks);
+    if (leader) save_checkpoint(path, ck);
   };
 
-  Progress progress(opt.quiet);
+  Progress progress(opt.quiet || !leader);
   progress.message("hysim train: " + std::to_string(backend->n_params()) + " parameters on " +
                    backend->description() + ", " + data->name() + ", results " + out.results_path);
-  const double flops_per_step = 3.0 * double(model_forward_flops(cfg.model, B, T)) * double(tc.grad_accum);
-  const int64_t tokens_per_step = B * T * tc.grad_accum;
+  // A step: grad_accum micro-batches on each rank; micro-batch k of a step is data index
+  // (step * grad_accum + k) * ranks + rank, so R ranks see the batches of one process
+  // with R times the accumulation.
+  const double flops_per_step = 3.0 * double(model_forward_flops(cfg.model, B, T)) * double(tc.grad_accum * ranks);
+  const int64_t tokens_per_step = B * T * tc.grad_accum * ranks;
   Batch batch;
   const auto t_start = std::chrono::steady_clock::now();
   for (int64_t step = start; step < end_step; ++step) {
     backend->zero_grad();
     double loss = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      data->train_batch(step * tc.grad_accum + micro, B, T, batch);
+      data->train_batch((step * tc.grad_accum + micro) * ranks + world.rank, B, T, batch);
       const StepStats s = backend->forward_backward(batch, tc.z_loss, true);
       loss += s.loss / double(tc.grad_accum);
+    }
+    if (ranks > 1) {  // the mean over ranks: every rank sees the same loss (and stops together)
+      backend->sum_over_ranks(&loss, 1);
+      loss /= double(ranks);
     }
     if (tc.grad_accum > 1) backend->scale_grad(1.0 / double(tc.grad_accum));
     const double lr = lr_at(sched, step, branch);
@@ -305,8 +324,10 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
                               std::to_string(loss) + ", grad norm " + std::to_string(gnorm) +
                               "); stopped without updating. The last good checkpoint is " +
                               (std::filesystem::exists(out.checkpoint_path) ? out.checkpoint_path : "(none written yet)");
-      results->add_event(step, msg);
-      results->flush();
+      if (leader) {
+        results->add_event(step, msg);
+        results->flush();
+      }
       progress.finish();
       throw TrainingError(msg);
     }
@@ -320,7 +341,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     const double elapsed = std::chrono::duration<double>(now - t_start).count();
     const double tok_s = double((step + 1 - start) * tokens_per_step) / std::max(elapsed, 1e-9);
     if (eval_now) out.val_loss = backend->evaluate(*data, tc.eval_batches).loss;
-    if (log_now) {
+    if (log_now && leader) {
       MetricsRow row;
       row.step = step + 1;
       row.tokens = (step + 1) * tokens_per_step;
@@ -334,7 +355,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     }
     const bool ckpt_now = (tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || last;
     // Results first: a checkpoint never gets ahead of the history that leads to it.
-    if (eval_now || ckpt_now) results->flush();
+    if (leader && (eval_now || ckpt_now)) results->flush();
     if (ckpt_now) save_ckpt(step + 1, out.checkpoint_path);
     if (branch < 0)
       for (const WsdsBranch& wb : branches)
@@ -355,11 +376,11 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     const EvalStats e = L == T && eval_model == cfg.model
                             ? backend->evaluate(*data, tc.eval_batches)
                             : backend->evaluate_at_length(eval_model, *data, L, tc.eval_batches);
-    results->set_eval(cfg.data.source, L, e.accuracy, e.loss, out.steps_done);
+    if (leader) results->set_eval(cfg.data.source, L, e.accuracy, e.loss, out.steps_done);
     progress.message("eval " + cfg.data.source + " at length " + std::to_string(L) + ": accuracy " +
                      std::to_string(e.accuracy) + ", loss " + std::to_string(e.loss));
   }
-  results->flush();
+  if (leader) results->flush();
   progress.finish();
   return out;
 }

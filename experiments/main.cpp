@@ -4,6 +4,7 @@
 //   hysim info    -c run.ini [--gpus N] [--zero1] ...      parameters, FLOPs, memory
 //   hysim forward -c run.ini --checkpoint C --tokens F --out O.h5   logits of a checkpoint
 //   hysim eval    -c run.ini --checkpoint C                validation loss of a checkpoint
+//   hysim launch  --gpus N train -c run.ini ...            N data-parallel processes, one per GPU
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,7 @@
 
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/distributed.h"
 #include "core/hdf5_io.h"
 #include "core/trainer.h"
 #include "core/version.h"
@@ -87,7 +89,8 @@ const char* kUsage =
     "  forward   logits of a checkpoint for a token file, written to HDF5\n"
     "  eval      validation loss and accuracy of a checkpoint\n"
     "  config    print the fully resolved config (and, with --keys, every key with its meaning)\n"
-    "  expressivity  train and evaluate an (architecture x task x seed) grid on synthetic tasks\n\n"
+    "  expressivity  train and evaluate an (architecture x task x seed) grid on synthetic tasks\n"
+    "  launch    start a command as N data-parallel processes (one per GPU): hysim launch --gpus N train ...\n\n"
     "Every config key can be overridden on the command line, e.g. --model.d_model=512.\n"
     "`hysim <command> --help` for the command's options.\n";
 
@@ -105,11 +108,13 @@ int cmd_train(int argc, char** argv) {
   }
   if (a.opts.count("resume")) a.overrides.push_back("--run.resume=" + a.opts["resume"]);
   Config cfg = load_config(a);
-  const bool quiet = a.opts.count("quiet");
+  const bool leader = world_from_env().leader();  // data parallel: rank 0 reports
+  const bool quiet = a.opts.count("quiet") || !leader;
   if (!quiet) std::printf("# resolved config (hysim %s, %s)\n%s\n", version_string(), git_hash(), to_ini(cfg).c_str());
   TrainOptions o;
   o.quiet = quiet;
   TrainOutcome r = train(cfg, o);
+  if (!leader) return 0;
   std::printf("done: %lld steps, train loss %.4f, val loss %.4f\nresults:    %s\ncheckpoint: %s\n",
               (long long)r.steps_done, r.train_loss, r.val_loss, r.results_path.c_str(), r.checkpoint_path.c_str());
   return 0;
@@ -257,6 +262,52 @@ int cmd_config(int argc, char** argv) {
   return 0;
 }
 
+int cmd_launch(int argc, char** argv) {
+  int gpus = 0;
+  std::string rdzv_dir;
+  int i = 2;
+  for (; i < argc && argv[i][0] == '-'; ++i) {
+    const std::string s = argv[i];
+    auto value = [&](const std::string& name) -> std::string {
+      if (s.rfind(name + "=", 0) == 0) return s.substr(name.size() + 1);
+      if (i + 1 >= argc) throw std::runtime_error(name + " needs a value");
+      return argv[++i];
+    };
+    if (s == "-h" || s == "--help") {
+      std::printf(
+          "usage: hysim launch --gpus N [--rendezvous-dir DIR] <command> [args ...]\n\n"
+          "Starts <command> N times, one process per GPU, with RANK, WORLD_SIZE, LOCAL_RANK,\n"
+          "LOCAL_WORLD_SIZE and HYSIM_RENDEZVOUS (a fresh file in DIR, default the temporary\n"
+          "directory, through which the ranks exchange the NCCL id) set. <command> is a hysim command\n"
+          "(train, eval, ...: this binary runs it) or a program. Rank r uses GPU r; rank 0 prints and\n"
+          "writes results and checkpoints. If one rank fails, the others are stopped and its exit\n"
+          "status is returned. mpirun and srun start the same processes without this command\n"
+          "(DESIGN.md, GPUs). Example:\n"
+          "  hysim launch --gpus 2 train -c experiments/configs/olmo_hybrid_1b.ini --run.device=cuda\n");
+      return 0;
+    }
+    if (s == "--gpus" || s.rfind("--gpus=", 0) == 0) {
+      const std::string v = value("--gpus");
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end || n < 1 || n > 1024) throw std::runtime_error("--gpus " + v + ": need a count >= 1");
+      gpus = int(n);
+    } else if (s == "--rendezvous-dir" || s.rfind("--rendezvous-dir=", 0) == 0) {
+      rdzv_dir = value("--rendezvous-dir");
+    } else {
+      throw std::runtime_error("unknown option " + s + " (before the command; see hysim launch --help)");
+    }
+  }
+  if (gpus == 0) throw std::runtime_error("--gpus N is required (see hysim launch --help)");
+  if (i >= argc) throw std::runtime_error("no command to launch (e.g. hysim launch --gpus 2 train -c run.ini)");
+  std::vector<std::string> command(argv + i, argv + argc);
+  // A hysim command runs in this very binary.
+  if (command[0].find('/') == std::string::npos &&
+      (command[0] == "train" || command[0] == "eval" || command[0] == "forward" || command[0] == "expressivity"))
+    command.insert(command.begin(), std::filesystem::read_symlink("/proc/self/exe").string());
+  return launch(gpus, command, rdzv_dir);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -272,6 +323,7 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc, argv);
     if (cmd == "config") return cmd_config(argc, argv);
     if (cmd == "expressivity") return cmd_expressivity(argc, argv);
+    if (cmd == "launch") return cmd_launch(argc, argv);
     if (cmd == "--version") return std::printf("hysim %s (%s)\n", version_string(), git_hash()), 0;
     std::fprintf(stderr, "hysim: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;

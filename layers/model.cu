@@ -97,7 +97,7 @@ struct ArenaPlan {
 
 }  // namespace
 
-DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t Tn)
+DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t Tn, int shards)
     : cfg(c), letters(expand_pattern(c.pattern, c.n_layers)), max_B(B), max_T(Tn), ctx_(ctx) {
   check_supported(cfg, letters);
   // Parameter layout from the CPU's visit (names, shapes, offsets); values stay on the host side empty.
@@ -110,11 +110,13 @@ DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t 
     layout.grad.clear();
     layout.grad.shrink_to_fit();
   }
-  const int64_t N = B * Tn, D = cfg.d_model, P = n_params_;
+  if (shards < 1) throw std::invalid_argument("DeviceModel: shards = " + std::to_string(shards) + " (need >= 1)");
+  shard_ = (n_params_ + 64 * shards - 1) / (64 * shards) * 64;
+  padded_ = shard_ * shards;
+  const int64_t N = B * Tn, D = cfg.d_model, P = padded_;
   const int64_t rope_dh = cfg.d_head;
   {
     ArenaPlan plan;
-    plan.count(master_, "", P);
     plan.count(grad_, "", P);
     plan.count(weights_, "", P);
     plan.count(tokens_, "", N);
@@ -123,7 +125,6 @@ DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t 
     plan.count(rope_table_, "", Tn * rope_dh);
     params_arena_ = DeviceArena(plan.bytes, "model parameters");
   }
-  master_ = params_arena_.alloc<float>(P, "master");
   grad_ = params_arena_.alloc<float>(P, "grad");
   weights_ = params_arena_.alloc<bf16>(P, "weights");
   tokens_ = params_arena_.alloc<int32_t>(N, "tokens");
@@ -198,30 +199,36 @@ size_t DeviceModel::scratch_bytes(const ModelConfig& m, int64_t B, int64_t Tn) {
   return need + (size_t(64) << 20);
 }
 
-void DeviceModel::init(uint64_t seed) {
+std::vector<float> DeviceModel::initial_values(uint64_t seed) const {
   std::vector<float> v(static_cast<size_t>(n_params_));
   for (size_t i = 0; i < layout.specs.size(); ++i)
     init_values(v.data() + layout.offsets[i], layout.specs[i], layout.specs[i].name, seed);
-  set_values(v);
+  return v;
 }
 
 void DeviceModel::set_values(const std::vector<float>& v) {
   if (int64_t(v.size()) != n_params_)
     throw std::invalid_argument("DeviceModel::set_values: " + std::to_string(v.size()) + " values for " +
                                 std::to_string(n_params_) + " parameters");
-  to_device(ctx_, master_, v.data(), n_params_);
-  f32_to_bf16(ctx_, weights_, master_, n_params_);
+  // The fp32 gradient array is free between steps: the staging buffer for the rounding.
+  CUDA_CHECK(cudaMemsetAsync(grad_, 0, size_t(padded_) * sizeof(float), ctx_.stream));
+  to_device(ctx_, grad_, v.data(), n_params_);
+  f32_to_bf16(ctx_, weights_, grad_, padded_);
+  zero_grad();
   ctx_.sync();  // v may go out of scope
 }
 
-std::vector<float> DeviceModel::values() {
-  std::vector<float> v(static_cast<size_t>(n_params_));
-  to_host(ctx_, v.data(), master_, n_params_);
-  return v;
+void DeviceModel::copy_weights(const DeviceModel& from) {
+  if (from.n_params_ != n_params_)
+    throw std::invalid_argument("DeviceModel::copy_weights: " + std::to_string(from.n_params_) + " parameters into " +
+                                std::to_string(n_params_));
+  CUDA_CHECK(cudaMemcpyAsync(weights_, from.weights_, size_t(n_params_) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                             ctx_.stream));
+  ctx_.sync();
 }
 
 void DeviceModel::zero_grad() {
-  CUDA_CHECK(cudaMemsetAsync(grad_, 0, size_t(n_params_) * sizeof(float), ctx_.stream), shape_str("grad", n_params_));
+  CUDA_CHECK(cudaMemsetAsync(grad_, 0, size_t(padded_) * sizeof(float), ctx_.stream), shape_str("grad", padded_));
 }
 
 void DeviceModel::scale_grad(float s) {

@@ -12,6 +12,14 @@
 //                   [--section.key=value ...] [--steps=N]
 // Prints a table and `RESULT model_step <tokens/s> <step ms> <MFU> <peak GiB>` for
 // bench/gpu/model_peer.py --ours.
+//
+// Data parallel: started by `hysim launch --gpus N build/gpu/bench_gpu_model ...`, each
+// rank runs the step on its GPU (ZeRO-1, NCCL); rank 0 prints tokens/s over all ranks,
+// MFU per GPU, and its own memory next to the estimate for N ranks with ZeRO-1.
+//
+// Data parallel: started by `hysim launch --gpus N build/gpu/bench_gpu_model ...`, each
+// rank runs the step on its GPU (ZeRO-1, NCCL); rank 0 prints tokens/s over all ranks,
+// MFU per GPU, and its own memory next to the estimate for N ranks with ZeRO-1.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +28,8 @@
 
 #include "bench/gpu/bench_common.h"
 #include "core/config.h"
+#include "core/cuda/nccl_comm.h"
+#include "core/distributed.h"
 #include "core/cuda/gemm.h"
 #include "core/cuda/phase_timer.h"
 #include "core/rng.h"
@@ -37,9 +47,9 @@ static double used_gib() {
 }
 
 // cuBLASLt bf16 GEMM throughput at 8192^3 (TFLOP/s), the MFU denominator.
-static double gemm_peak_tflops() {
+static double gemm_peak_tflops(int device) {
   const int64_t S = 8192;
-  Context ctx(size_t(64) << 20);
+  Context ctx(size_t(64) << 20, device);
   DeviceArena arena(size_t(3 * S * S * 2 + (64 << 20)), "gemm peak");
   cuda::bf16 *x = random_bf16(ctx, arena, S * S, 1, 1.0), *W = random_bf16(ctx, arena, S * S, 2, 0.01);
   cuda::bf16* y = arena.alloc<cuda::bf16>(S * S);
@@ -65,18 +75,22 @@ int main(int argc, char** argv) {
   const Config cfg = parse_config(path, overrides);
   const ModelConfig& mc = cfg.model;
   const int64_t B = cfg.train.batch_size, T = cfg.train.seq_len;
-  std::printf("device: %s\n", device_summary().c_str());
-  std::printf("config: %s, pattern %s x %lld layers, d_model %lld, batch %lld x %lld\n", path.c_str(),
-              mc.pattern.c_str(), (long long)mc.n_layers, (long long)mc.d_model, (long long)B, (long long)T);
+  const WorldInfo world = world_from_env();
+  const int device = local_device(world);
+  if (!world.leader()) std::freopen("/dev/null", "w", stdout);  // rank 0 reports
+  std::printf("device: %s\n", device_summary(device).c_str());
+  std::printf("config: %s, pattern %s x %lld layers, d_model %lld, batch %lld x %lld per GPU, %d GPU(s)\n",
+              path.c_str(), mc.pattern.c_str(), (long long)mc.n_layers, (long long)mc.d_model, (long long)B,
+              (long long)T, world.size);
 
-  const double peak = gemm_peak_tflops();
+  const double peak = gemm_peak_tflops(device);
   std::printf("bf16 GEMM peak (cuBLASLt 8192^3, this run): %.1f TFLOP/s\n", peak);
 
   const double base_gib = used_gib();  // the CUDA context and the other processes' share
   AdamWConfig ac;
   std::unique_ptr<TrainBackend> model;
   try {
-    model = make_cuda_backend(mc, ac, B, T, 0);
+    model = make_cuda_backend(mc, ac, B, T, 0, world, rendezvous_path(world, "results"));
   } catch (const std::exception& e) {
     std::printf("does not fit: %s\n", e.what());
     std::printf("RESULT model_step 0 0 0 0\n");
@@ -107,11 +121,13 @@ int main(int argc, char** argv) {
   const double step_ms = ms[ms.size() / 2];
   const double peak_gib = used_gib() - base_gib;
   const double flops = 3.0 * double(model_forward_flops(mc, B, T));
-  const double tok_s = double(B * T) / (step_ms / 1e3);
+  const double tok_s = double(world.size * B * T) / (step_ms / 1e3);  // all ranks
   const double mfu = flops / (step_ms / 1e3) / (peak * 1e12);
 
   MemoryOptions mo;
   mo.micro_batch = B;
+  mo.data_parallel = world.size;
+  mo.zero1 = world.distributed();
   mo.seq_len = T;
   const MemoryEstimate est = estimate_memory(mc, mo);
   const double est_gib = est.total() / double(1ull << 30);

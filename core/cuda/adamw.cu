@@ -14,8 +14,8 @@ constexpr int64_t kChunk = int64_t(1) << 14;  // elements per chunk (= the CPU's
 constexpr int kThreads = 256;
 
 struct Chunk {
-  int64_t offset, numel;
-  int decay;  // the group has weight decay
+  int64_t offset, numel;  // in the whole parameter array (grad, params)
+  int decay;              // the group has weight decay
 };
 
 __global__ void sum_squares_kernel(double* __restrict__ partial, const Chunk* __restrict__ chunks,
@@ -59,11 +59,18 @@ __global__ void ordered_sum_kernel(double* __restrict__ out, const double* __res
   if (threadIdx.x == 0) *out = part[0];
 }
 
-__global__ void adamw_step_kernel(float* __restrict__ master, bf16* __restrict__ params, float* __restrict__ m,
-                                  float* __restrict__ v, const float* __restrict__ grad,
-                                  const Chunk* __restrict__ chunks, float b1, float b2, float eps, float step_size,
-                                  float inv_sqrt_bc2, float decay, float grad_scale, bool vec_ok) {
+// master, m, v hold the shard starting at parameter `lo` (a multiple of 4).
+__global__ void adamw_step_kernel(float* __restrict__ master_shard, bf16* __restrict__ params,
+                                  float* __restrict__ m_shard, float* __restrict__ v_shard,
+                                  const float* __restrict__ grad, const Chunk* __restrict__ chunks, int64_t lo,
+                                  float b1, float b2, float eps, float step_size, float inv_sqrt_bc2, float decay,
+                                  float grad_scale, bool vec_ok) {
   const Chunk c = chunks[blockIdx.x];
+  float* __restrict__ master = master_shard + (c.offset - lo);  // this chunk's elements, indexed from 0
+  float* __restrict__ m = m_shard + (c.offset - lo);
+  float* __restrict__ v = v_shard + (c.offset - lo);
+  grad += c.offset;
+  if (params) params += c.offset;
   const float dec = c.decay ? decay : 0.f;
   // One element's update; the same expression on both paths below.
   auto update = [&](float g, float& mi, float& vi, float& p) {
@@ -75,7 +82,7 @@ __global__ void adamw_step_kernel(float* __restrict__ master, bf16* __restrict__
   };
   if (vec_ok && ((c.offset | c.numel) & 3) == 0) {  // 16-byte accesses where the chunk allows
     for (int64_t j = threadIdx.x; j < c.numel / 4; j += kThreads) {
-      const int64_t i = c.offset + 4 * j;
+      const int64_t i = 4 * j;
       const float4 g = *reinterpret_cast<const float4*>(grad + i);
       float4 mi = *reinterpret_cast<const float4*>(m + i), vi = *reinterpret_cast<const float4*>(v + i),
              p = *reinterpret_cast<const float4*>(master + i);
@@ -90,8 +97,7 @@ __global__ void adamw_step_kernel(float* __restrict__ master, bf16* __restrict__
       }
     }
   } else {
-    for (int64_t j = threadIdx.x; j < c.numel; j += kThreads) {
-      const int64_t i = c.offset + j;
+    for (int64_t i = threadIdx.x; i < c.numel; i += kThreads) {
       float mi = m[i], vi = v[i], p = master[i];
       update(grad[i], mi, vi, p);
       m[i] = mi;
@@ -106,34 +112,48 @@ bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p
 
 }  // namespace
 
-AdamW::AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg) : groups_(std::move(groups)), cfg_(cfg) {
+AdamW::AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg, int64_t shard_lo, int64_t shard_hi)
+    : groups_(std::move(groups)), cfg_(cfg) {
   if (!(cfg_.beta1 >= 0 && cfg_.beta1 < 1) || !(cfg_.beta2 >= 0 && cfg_.beta2 < 1))
     throw std::invalid_argument("AdamW (CUDA): betas must be in [0, 1)");
-  std::vector<Chunk> table;
   for (const ParamGroup& g : groups_) {
     if (g.offset < 0 || g.numel < 0)
       throw std::invalid_argument("AdamW (CUDA): group '" + g.name + "' has negative offset or numel");
     size_ = std::max(size_, g.offset + g.numel);
-    for (int64_t o = 0; o < g.numel; o += kChunk)
-      table.push_back({g.offset + o, std::min(kChunk, g.numel - o), g.weight_decay ? 1 : 0});
+  }
+  lo_ = shard_lo;
+  hi_ = shard_hi < 0 ? size_ : std::min(shard_hi, size_);
+  if (lo_ < 0 || lo_ % 4 != 0 || lo_ > hi_)
+    throw std::invalid_argument("AdamW (CUDA): shard [" + std::to_string(shard_lo) + ", " + std::to_string(shard_hi) +
+                                ") of " + std::to_string(size_) + " parameters (its start must be a multiple of 4)");
+  // Each group's part inside the shard, cut into chunks from that part's start.
+  std::vector<Chunk> table;
+  for (const ParamGroup& g : groups_) {
+    const int64_t a = std::max(g.offset, lo_), b = std::min(g.offset + g.numel, hi_);
+    for (int64_t o = a; o < b; o += kChunk) table.push_back({o, std::min(kChunk, b - o), g.weight_decay ? 1 : 0});
   }
   n_chunks_ = int64_t(table.size());
-  const size_t bytes = DeviceArena::round_up(2 * size_t(size_) * sizeof(float)) +
-                       DeviceArena::round_up(table.size() * sizeof(Chunk)) +
+  const size_t shard_bytes = DeviceArena::round_up(size_t(hi_ - lo_) * sizeof(float));
+  const size_t bytes = 3 * shard_bytes + DeviceArena::round_up(table.size() * sizeof(Chunk)) +
                        DeviceArena::round_up((table.size() + 1) * sizeof(double)) + 2 * DeviceArena::kAlign;
   arena_ = DeviceArena(bytes, "adamw");
-  m_ = arena_.alloc<float>(size_, "adam m");
-  v_ = arena_.alloc<float>(size_, "adam v");
+  master_ = arena_.alloc<float>(hi_ - lo_, "adam master");
+  m_ = arena_.alloc<float>(hi_ - lo_, "adam m");
+  v_ = arena_.alloc<float>(hi_ - lo_, "adam v");
   chunks_ = arena_.alloc<Chunk>(int64_t(table.size()), "adam chunk table");
   partial_ = arena_.alloc<double>(int64_t(table.size()), "adam norm partial sums");
   norm_sq_ = arena_.alloc<double>(1, "adam norm");
-  CUDA_CHECK(cudaMemsetAsync(m_, 0, size_t(size_) * sizeof(float), ctx.stream));
-  CUDA_CHECK(cudaMemsetAsync(v_, 0, size_t(size_) * sizeof(float), ctx.stream));
+  for (float* p : {master_, m_, v_}) CUDA_CHECK(cudaMemsetAsync(p, 0, size_t(hi_ - lo_) * sizeof(float), ctx.stream));
   if (!table.empty()) to_device(ctx, static_cast<Chunk*>(chunks_), table.data(), int64_t(table.size()));
   ctx.sync();  // the host table goes away
 }
 
-double AdamW::grad_norm(Context& ctx, const float* grad) {
+void AdamW::set_master(Context& ctx, const float* all_values) {
+  to_device(ctx, master_, all_values + lo_, hi_ - lo_);
+  ctx.sync();  // the caller's values may go away
+}
+
+double AdamW::grad_sq_sum(Context& ctx, const float* grad) {
   if (n_chunks_ == 0) return 0.0;
   sum_squares_kernel<<<unsigned(n_chunks_), kThreads, 0, ctx.stream>>>(partial_, static_cast<const Chunk*>(chunks_),
                                                                       grad, aligned(grad, 16));
@@ -142,27 +162,30 @@ double AdamW::grad_norm(Context& ctx, const float* grad) {
   CUDA_CHECK_LAUNCH("ordered_sum_kernel", shape_str("chunks", n_chunks_));
   double s = 0;
   to_host(ctx, &s, norm_sq_, 1);
-  return std::sqrt(s);
+  return s;
 }
 
-void AdamW::step(Context& ctx, float* master, bf16* params, const float* grad, double lr, float grad_scale) {
+void AdamW::step(Context& ctx, bf16* params, const float* grad, double lr, float grad_scale) {
   ++step_count_;
   if (n_chunks_ == 0) return;
   const double t = double(step_count_);
   const float step_size = float(lr / (1 - std::pow(cfg_.beta1, t)));
   const float inv_sqrt_bc2 = float(1 / std::sqrt(1 - std::pow(cfg_.beta2, t)));
   adamw_step_kernel<<<unsigned(n_chunks_), kThreads, 0, ctx.stream>>>(
-      master, params, m_, v_, grad, static_cast<const Chunk*>(chunks_), float(cfg_.beta1), float(cfg_.beta2),
+      master_, params, m_, v_, grad, static_cast<const Chunk*>(chunks_), lo_, float(cfg_.beta1), float(cfg_.beta2),
       float(cfg_.eps), step_size, inv_sqrt_bc2, float(lr * cfg_.weight_decay), grad_scale,
-      aligned(master, 16) && aligned(grad, 16) && aligned(params, 4));  // m_, v_: arena, 256-aligned
+      aligned(grad, 16) && aligned(params, 4));  // master_, m_, v_: arena, 256-aligned; lo_ % 4 == 0
   CUDA_CHECK_LAUNCH("adamw_step_kernel", shape_str("chunks, size", n_chunks_, size_));
 }
 
-double AdamW::update(Context& ctx, float* master, bf16* params, const float* grad, double lr, double max_norm) {
-  const double norm = grad_norm(ctx, grad);
+double AdamW::update(Context& ctx, bf16* params, const float* grad, double lr, double max_norm,
+                     const RankSum& sum_over_ranks) {
+  double sq = grad_sq_sum(ctx, grad);
+  if (sum_over_ranks) sq = sum_over_ranks(sq);
+  const double norm = std::sqrt(sq);
   if (!std::isfinite(norm)) return norm;
   const float scale = max_norm > 0 && norm > max_norm ? float(max_norm / norm) : 1.f;
-  step(ctx, master, params, grad, lr, scale);
+  step(ctx, params, grad, lr, scale);
   return norm;
 }
 

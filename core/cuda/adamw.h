@@ -8,10 +8,17 @@
 // runs over that table: norm = 2 launches, step = 1.
 // The gradient norm is deterministic: squares summed in double per chunk, the chunks'
 // partial sums added in (group, chunk) order by one block.
-// Differences from the CPU class: m and v live on the device (fp32); clipping is applied
-// inside the step (the gradient array is not rescaled in place).
+// Differences from the CPU class: the fp32 master weights, m and v live here, on the
+// device; clipping is applied inside the step (the gradient array is not rescaled).
+//
+// ZeRO-1: an AdamW may own a shard [lo, hi) of the flat parameter array only (its
+// master, m and v hold hi - lo elements; the gradient and the bf16 weights stay whole).
+// Its norm then covers the shard's elements, and update() sums it over the ranks
+// through `sum_over_ranks`. With the whole range (the default) nothing changes from one
+// process: same chunks, same order, same numbers.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/cuda/convert.h"
@@ -21,33 +28,46 @@ namespace hysim::cuda {
 
 class AdamW {
  public:
-  // Allocates m, v (zeroed), the chunk table and the norm scratch in one device arena.
-  // Throws std::invalid_argument for negative offsets or sizes, or betas outside [0, 1).
-  AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg = {});
+  // Allocates master, m, v (zeroed) for the shard [shard_lo, shard_hi) (shard_hi < 0: to
+  // the end), the chunk table and the norm scratch in one device arena. Throws
+  // std::invalid_argument for negative offsets or sizes, betas outside [0, 1), or a shard
+  // outside the parameters or not starting at a multiple of 4 (16-byte accesses).
+  AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg = {}, int64_t shard_lo = 0,
+        int64_t shard_hi = -1);
 
-  // sqrt(sum g^2) over the groups; synchronizes to return it.
-  double grad_norm(Context& ctx, const float* grad);
-  // As hysim::AdamW::update: the norm before clipping is returned (one synchronization);
-  // if it is not finite nothing changes (master, params, state, step count). Otherwise
-  // one step with g scaled by max_norm / norm when max_norm > 0 and norm > max_norm.
-  // params (bf16 copy of master, may be null) is written from the updated master.
-  double update(Context& ctx, float* master, bf16* params, const float* grad, double lr, double max_norm);
-  // One step, no clipping, no check; asynchronous.
-  void step(Context& ctx, float* master, bf16* params, const float* grad, double lr, float grad_scale = 1.f);
+  // Sum of g^2 over the shard's elements (deterministic order); synchronizes.
+  double grad_sq_sum(Context& ctx, const float* grad);
+  // As hysim::AdamW::update: the norm before clipping, sqrt(sum_over_ranks(grad_sq_sum))
+  // (one process: no function), is returned; if it is not finite nothing changes
+  // (master, params, state, step count). Otherwise one step with g scaled by
+  // max_norm / norm when max_norm > 0 and norm > max_norm.
+  using RankSum = std::function<double(double)>;
+  double update(Context& ctx, bf16* params, const float* grad, double lr, double max_norm,
+                const RankSum& sum_over_ranks = {});
+  // One step, no clipping, no check; asynchronous. params (bf16, the whole array, may be
+  // null) gets the shard's updated master values; grad is the whole array (only the shard is read).
+  void step(Context& ctx, bf16* params, const float* grad, double lr, float grad_scale = 1.f);
+
+  // Master values of every parameter (host, the whole layout): this shard's part is uploaded.
+  void set_master(Context& ctx, const float* all_values);
 
   int64_t step_count() const { return step_count_; }
   void set_step_count(int64_t t) { step_count_ = t; }
-  int64_t size() const { return size_; }
+  int64_t size() const { return size_; }  // parameters in the whole layout
+  int64_t shard_lo() const { return lo_; }
+  int64_t shard_size() const { return hi_ - lo_; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
-  float* m() { return m_; }  // device, layout of the parameter array
+  // Device arrays of shard_size() elements; element i belongs to parameter shard_lo() + i.
+  float* master() { return master_; }
+  float* m() { return m_; }
   float* v() { return v_; }
 
  private:
   std::vector<ParamGroup> groups_;
   AdamWConfig cfg_;
-  int64_t size_ = 0, step_count_ = 0, n_chunks_ = 0;
+  int64_t size_ = 0, lo_ = 0, hi_ = 0, step_count_ = 0, n_chunks_ = 0;
   DeviceArena arena_;
-  float *m_ = nullptr, *v_ = nullptr;
+  float *master_ = nullptr, *m_ = nullptr, *v_ = nullptr;
   void* chunks_ = nullptr;        // device table of chunks (offset, numel, decay flag)
   double* partial_ = nullptr;     // per-chunk sums of squares
   double* norm_sq_ = nullptr;     // their ordered sum

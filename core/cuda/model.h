@@ -4,10 +4,12 @@
 //
 // Precision (DESIGN.md, GPUs): the layers read bf16 weights and keep bf16 activations
 // (the residual stream and its gradient included), with fp32 statistics and fp32
-// accumulation; parameter gradients and the master weights are fp32. The flat fp32 arrays
-// (master, grad) have the CPU ParamStore's layout (same names, order and offsets), so the
-// AdamW groups, checkpoints and initial values are those of the CPU model: a checkpoint
-// written by one backend loads in the other.
+// accumulation; parameter gradients are fp32, and the fp32 master weights live with the
+// optimizer (core/cuda/adamw.h; sharded under ZeRO-1). The flat arrays (weights, grad)
+// have the CPU ParamStore's layout (same names, order and offsets), so the AdamW groups,
+// checkpoints and initial values are those of the CPU model: a checkpoint written by one
+// backend loads in the other. Data parallel runs pad both arrays to a whole number of
+// equal shards (`padded_params`; the tail is zero and belongs to no parameter).
 //
 // Memory: one arena for parameters, gradients and batch inputs, one for the activations
 // saved for the backward (sized by the layers' visit_acts), one for the backward's
@@ -47,7 +49,7 @@ class DeviceModel {
   // Sizes everything for batches of up to B sequences of up to Tn tokens. Throws
   // std::invalid_argument for configurations the CUDA layers do not support (naming the
   // key): attention d_head other than 64/128, unchunked GDN/Mamba2.
-  DeviceModel(Context& ctx, const ModelConfig& cfg, int64_t B, int64_t Tn);
+  DeviceModel(Context& ctx, const ModelConfig& cfg, int64_t B, int64_t Tn, int shards = 1);
 
   // Bytes of ctx.scratch the layers' temporaries need at most for batches of B x Tn
   // (the LM head's logit chunks or the largest layer backward, whichever is more).
@@ -60,15 +62,18 @@ class DeviceModel {
   // The CPU's parameter layout (host side: names, shapes, offsets, init).
   ParamStore<float> layout;     // value/grad vectors left empty
   int64_t n_params() const { return n_params_; }
-  float* master() { return master_; }  // fp32 [n_params]
-  bf16* weights() { return weights_; }  // bf16 copy the layers read
-  float* grad() { return grad_; }       // fp32 [n_params]
+  int64_t padded_params() const { return padded_; }  // shards x shard_size() >= n_params: the arrays' length
+  int64_t shard_size() const { return shard_; }
+  bf16* weights() { return weights_; }  // bf16 weights the layers read [padded_params]
+  float* grad() { return grad_; }       // fp32 [padded_params]
 
-  // Initial values exactly as the CPU model (ParamStore::init), uploaded.
-  void init(uint64_t seed);
-  // fp32 values in the layout's order (n_params of them): uploaded to master and weights.
+  // Initial values exactly as the CPU model (ParamStore::init), on the host.
+  std::vector<float> initial_values(uint64_t seed) const;
+  // fp32 values in the layout's order (n_params of them): rounded to bf16 into weights()
+  // (staged through grad(), which is zeroed after).
   void set_values(const std::vector<float>& values);
-  std::vector<float> values();  // master, downloaded
+  // The bf16 weights of another model of the same layout (length generalisation).
+  void copy_weights(const DeviceModel& from);
   void zero_grad();
   void scale_grad(float s);
 
@@ -79,9 +84,9 @@ class DeviceModel {
 
  private:
   Context& ctx_;
-  int64_t n_params_ = 0;
+  int64_t n_params_ = 0, padded_ = 0, shard_ = 0;
   DeviceArena params_arena_, acts_arena_, grads_arena_;
-  float *master_ = nullptr, *grad_ = nullptr;
+  float* grad_ = nullptr;
   bf16* weights_ = nullptr;
   ModelParams<bf16> params_;
   ModelParams<float> grads_;
