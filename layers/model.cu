@@ -14,33 +14,32 @@ namespace hysim::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
 // out = a + b (the residual add), fp32 arithmetic, one rounding.
-// out = a + b; by8: 8 elements per 16-byte access (load8 / store8).
-__global__ void residual_add_kernel(bf16* out, const bf16* a, const bf16* b, int64_t n, bool by8) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  if (by8) {
-    for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8; i < n; i += stride * 8) {
-      float x[8], y[8];
-      load8(a + i, x), load8(b + i, y);
+struct ResidualAdd {
+  bf16* out;
+  const bf16 *a, *b;
+  template <int W> __device__ void apply(int64_t i) const {
+    float x[W], y[W];
+    load_w<W>(a + i, x), load_w<W>(b + i, y);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) x[j] += y[j];
-      store8(out + i, x);
-    }
-    return;
+    for (int j = 0; j < W; ++j) x[j] += y[j];
+    store_w<W>(out + i, x);
   }
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride)
-    out[i] = from_f32<bf16>(to_f32(a[i]) + to_f32(b[i]));
-}
-__global__ void scale_kernel(float* x, float s, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    x[i] *= s;
-}
+};
+struct Scale {  // x *= s
+  float* x;
+  float s;
+  template <int W> __device__ void apply(int64_t i) const {
+    float v[W];
+    load_w<W>(x + i, v);
+#pragma unroll
+    for (int j = 0; j < W; ++j) v[j] *= s;
+    store_w<W>(x + i, v);
+  }
+};
 
 void residual_add(Context& ctx, bf16* out, const bf16* a, const bf16* b, int64_t n) {
-  const bool by8 = n % 8 == 0 && aligned16(out, a, b);
-  residual_add_kernel<<<grid_stride_blocks(by8 ? n / 8 : n, kThreads), kThreads, 0, ctx.stream>>>(out, a, b, n, by8);
+  launch_elementwise(ctx.stream, ResidualAdd{out, a, b}, n, out, a, b);
   CUDA_CHECK_LAUNCH("residual_add", shape_str("n", n));
 }
 
@@ -232,7 +231,7 @@ void DeviceModel::zero_grad() {
 }
 
 void DeviceModel::scale_grad(float s) {
-  scale_kernel<<<grid_stride_blocks(n_params_, kThreads), kThreads, 0, ctx_.stream>>>(grad_, s, n_params_);
+  launch_elementwise(ctx_.stream, Scale{grad_, s}, n_params_, grad_);
   CUDA_CHECK_LAUNCH("scale_grad", shape_str("n", n_params_));
 }
 

@@ -67,27 +67,10 @@ __global__ void rmsnorm_dw_partial_kernel(float* __restrict__ partial, const T* 
   partial[int64_t(blockIdx.y) * C + c] = s;
 }
 
-// dw[c] += sum over the chunks' partials, in a fixed order: a block takes 32 columns, its 8
-// warps' lanes sum every 8th chunk (warp w: chunks w, w + 8, ...), then the 8 sums are added
-// in warp order. (One thread per column summing thousands of chunks in a row left most of the
-// device idle: the o_norm of a GDN layer has C = 192 over B Tn Hv rows.)
-constexpr int kFinishCols = 32, kFinishGroups = kDwThreads / kFinishCols;
-__global__ void rmsnorm_dw_finish_kernel(float* __restrict__ dw, const float* __restrict__ partial, int64_t n_chunks,
-                                         int64_t C) {
-  __shared__ float sums[kFinishGroups][kFinishCols];
-  const int lane = int(threadIdx.x) % kFinishCols, group = int(threadIdx.x) / kFinishCols;
-  const int64_t c = int64_t(blockIdx.x) * kFinishCols + lane;
-  float s = 0.f;
-  if (c < C)
-    for (int64_t k = group; k < n_chunks; k += kFinishGroups) s += partial[k * C + c];
-  sums[group][lane] = s;
-  __syncthreads();
-  if (group == 0 && c < C) {
-    float t = 0.f;
-    for (int g = 0; g < kFinishGroups; ++g) t += sums[g][lane];
-    dw[c] += t;
-  }
-}
+struct AddTo {  // dw[c] += the column's sum (column_sums)
+  float* dst;
+  __device__ void operator()(int64_t c, float s) const { dst[c] += s; }
+};
 
 }  // namespace
 
@@ -117,9 +100,8 @@ void rmsnorm_backward(Context& ctx, T* dx, float* dw, const T* dout, const T* x,
     const dim3 grid(unsigned(ceil_div(C, kDwThreads)), unsigned(n_chunks));
     rmsnorm_dw_partial_kernel<T><<<grid, kDwThreads, 0, ctx.stream>>>(partial, dout, x, rstd, N, C);
     CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel", shape_str("N, C", N, C));
-    rmsnorm_dw_finish_kernel<<<unsigned(ceil_div(C, kFinishCols)), kDwThreads, 0, ctx.stream>>>(dw, partial,
-                                                                                                 n_chunks, C);
-    CUDA_CHECK_LAUNCH("rmsnorm_dw_finish_kernel", shape_str("N, C", N, C));
+    column_sums(ctx.stream, partial, n_chunks, C, AddTo{dw});
+    CUDA_CHECK_LAUNCH("rmsnorm dw column sums", shape_str("N, C", N, C));
   }
 }
 

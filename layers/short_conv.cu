@@ -109,20 +109,20 @@ __global__ void short_conv_backward_kernel(T* __restrict__ dx, float* __restrict
   out[K] = acc_bias;
 }
 
-__global__ void short_conv_dw_finish_kernel(float* __restrict__ dw, float* __restrict__ dbias,
-                                            const float* __restrict__ partial, int64_t n_chunks, int64_t C, int K) {
-  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;  // c (K + 1) + j
-  if (i >= C * (K + 1)) return;
-  float s = 0.f;
-  for (int64_t k = 0; k < n_chunks; ++k) s += partial[k * C * (K + 1) + i];
-  const int64_t c = i / (K + 1);
-  const int j = int(i % (K + 1));
-  if (j < K) {
-    if (dw) dw[c * K + j] += s;
-  } else if (dbias) {
-    dbias[c] += s;
+// Column i = c (K + 1) + j of the partials: tap j < K of channel c, or its bias (j = K).
+struct AddTapGrads {
+  float *dw, *dbias;
+  int K;
+  __device__ void operator()(int64_t i, float s) const {
+    const int64_t c = i / (K + 1);
+    const int j = int(i % (K + 1));
+    if (j < K) {
+      if (dw) dw[c * K + j] += s;
+    } else if (dbias) {
+      dbias[c] += s;
+    }
   }
-}
+};
 
 // The kernels' limits: K taps in registers, 32-bit element indices, row chunks on grid.y.
 void check_shapes(const std::string& shapes, int64_t N, int64_t C, int64_t K) {
@@ -165,9 +165,8 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
                                                                    int(C), int(K), silu);
   CUDA_CHECK_LAUNCH("short_conv_backward_kernel", shapes);
   if (!partial) return;
-  short_conv_dw_finish_kernel<<<unsigned(ceil_div(C * (K + 1), kThreads)), kThreads, 0, ctx.stream>>>(
-      dw, dbias, partial, n_chunks, C, int(K));
-  CUDA_CHECK_LAUNCH("short_conv_dw_finish_kernel", shapes);
+  column_sums(ctx.stream, partial, n_chunks, C * (K + 1), AddTapGrads{dw, dbias, int(K)});
+  CUDA_CHECK_LAUNCH("short_conv dw column sums", shapes);
 }
 
 #define INSTANTIATE(T)                                                                                             \

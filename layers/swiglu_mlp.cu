@@ -11,55 +11,35 @@ namespace hysim::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-// h = silu(gate) up, element i; i8: 8 elements from 8 i8 (n % 8 == 0, aligned: load8 / store8).
-template <class T>
-__global__ void swiglu_act_kernel(T* __restrict__ h, const T* __restrict__ gate, const T* __restrict__ up, int64_t n,
-                                  bool by8) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  if (by8) {
-    for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8; i < n; i += stride * 8) {
-      float g[8], u[8], o[8];
-      load8(gate + i, g), load8(up + i, u);
+// h = silu(gate) up.
+template <class T> struct SwigluAct {
+  T* h;
+  const T *gate, *up;
+  template <int W> __device__ void apply(int64_t i) const {
+    float g[W], u[W], o[W];
+    load_w<W>(gate + i, g), load_w<W>(up + i, u);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) o[j] = g[j] * sigmoid_f32(g[j]) * u[j];
-      store8(h + i, o);
-    }
-    return;
+    for (int j = 0; j < W; ++j) o[j] = g[j] * sigmoid_f32(g[j]) * u[j];
+    store_w<W>(h + i, o);
   }
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
-    const float g = to_f32(gate[i]);
-    h[i] = from_f32<T>(g * sigmoid_f32(g) * to_f32(up[i]));
-  }
-}
+};
 
-// d silu/dg = s (1 + g (1 - s)), s = sigmoid(g).
-__device__ __forceinline__ void swiglu_grad(float d, float g, float u, float& dgate, float& dup) {
-  const float s = sigmoid_f32(g);
-  dgate = d * u * (s * (1.f + g * (1.f - s)));
-  dup = d * g * s;
-}
-template <class T>
-__global__ void swiglu_act_backward_kernel(T* __restrict__ dgate, T* __restrict__ dup, const float* __restrict__ dh,
-                                           const T* __restrict__ gate, const T* __restrict__ up, int64_t n, bool by8) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  if (by8) {
-    for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8; i < n; i += stride * 8) {
-      float d[8], g[8], u[8], dg[8], du[8];
-      load8(dh + i, d), load8(gate + i, g), load8(up + i, u);
+// dgate = dh u silu'(g), dup = dh silu(g).
+template <class T> struct SwigluActBackward {
+  T *dgate, *dup;
+  const float* dh;
+  const T *gate, *up;
+  template <int W> __device__ void apply(int64_t i) const {
+    float d[W], g[W], u[W], dg[W], du[W];
+    load_w<W>(dh + i, d), load_w<W>(gate + i, g), load_w<W>(up + i, u);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) swiglu_grad(d[j], g[j], u[j], dg[j], du[j]);
-      store8(dgate + i, dg), store8(dup + i, du);
+    for (int j = 0; j < W; ++j) {
+      dg[j] = d[j] * u[j] * silu_grad_f32(g[j]);
+      du[j] = d[j] * g[j] * sigmoid_f32(g[j]);
     }
-    return;
+    store_w<W>(dgate + i, dg), store_w<W>(dup + i, du);
   }
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
-    float dg, du;
-    swiglu_grad(dh[i], to_f32(gate[i]), to_f32(up[i]), dg, du);
-    dgate[i] = from_f32<T>(dg), dup[i] = from_f32<T>(du);
-  }
-}
+};
 
 }  // namespace
 
@@ -70,10 +50,8 @@ void swiglu_forward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>& 
   if (N <= 0) return;
   linear_forward<T, T>(ctx, a.gate, x, p.gate_proj, N, D, F);
   linear_forward<T, T>(ctx, a.up, x, p.up_proj, N, D, F);
-  const bool by8 = (N * F) % 8 == 0 && aligned16(a.h, a.gate, a.up);
-  swiglu_act_kernel<T><<<grid_stride_blocks(by8 ? N * F / 8 : N * F, kThreads), kThreads, 0, ctx.stream>>>(
-      a.h, a.gate, a.up, N * F, by8);
-  CUDA_CHECK_LAUNCH("swiglu_act_kernel", shape_str("N, F", N, F));
+  launch_elementwise(ctx.stream, SwigluAct<T>{a.h, a.gate, a.up}, N * F, a.h, a.gate, a.up);
+  CUDA_CHECK_LAUNCH("swiglu activation", shape_str("N, F", N, F));
   linear_forward<T, T>(ctx, y, a.h, p.down_proj, N, F, D);
 }
 
@@ -87,10 +65,9 @@ void swiglu_backward(Context& ctx, const SwiGLUConfig& c, const SwiGLUParams<T>&
   T* dgate = ctx.scratch.alloc<T>(N * F, "swiglu dgate");
   T* dup = ctx.scratch.alloc<T>(N * F, "swiglu dup");
   linear_backward<T, float>(ctx, dh, grad.down_proj, dy, a.h, p.down_proj, N, F, D);
-  const bool by8 = (N * F) % 8 == 0 && aligned16(dgate, dup, dh, a.gate, a.up);
-  swiglu_act_backward_kernel<T><<<grid_stride_blocks(by8 ? N * F / 8 : N * F, kThreads), kThreads, 0, ctx.stream>>>(
-      dgate, dup, dh, a.gate, a.up, N * F, by8);
-  CUDA_CHECK_LAUNCH("swiglu_act_backward_kernel", shape_str("N, F", N, F));
+  launch_elementwise(ctx.stream, SwigluActBackward<T>{dgate, dup, dh, a.gate, a.up}, N * F, dgate, dup, dh, a.gate,
+                     a.up);
+  CUDA_CHECK_LAUNCH("swiglu activation backward", shape_str("N, F", N, F));
   linear_backward<T, T>(ctx, dx, grad.gate_proj, dgate, x, p.gate_proj, N, D, F);
   linear_backward<T, T>(ctx, dx, grad.up_proj, dup, x, p.up_proj, N, D, F, /*accumulate_dx=*/true);
 }

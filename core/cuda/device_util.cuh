@@ -3,6 +3,7 @@
 // Kernels load bf16 or fp32 storage, compute in fp32 and round once on store.
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -323,6 +324,64 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // 16 blocks per SM of an H100 (132 SMs), then the loop strides.
 inline unsigned grid_stride_blocks(int64_t n, int threads) {
   return unsigned(std::min<int64_t>(ceil_div(n, threads), 132 * 16));
+}
+
+// ---- element-wise kernels ------------------------------------------------------------
+// W consecutive values to / from fp32: W = 8 is one 16-byte access (load8 / store8), W = 1 one value.
+template <int W, class T> __device__ __forceinline__ void load_w(const T* p, float (&f)[W]) {
+  if constexpr (W == 8) load8(p, f);
+  else f[0] = to_f32(p[0]);
+}
+template <int W, class T> __device__ __forceinline__ void store_w(T* p, const float (&f)[W]) {
+  if constexpr (W == 8) store8(p, f);
+  else p[0] = from_f32<T>(f[0]);
+}
+
+// A grid-stride loop over n elements calling op.template apply<W>(i) for elements
+// i .. i + W - 1: W = 8 when by8 (every array 16-byte aligned, n % 8 == 0), else W = 1.
+template <class Op> __global__ void elementwise_kernel(Op op, int64_t n, bool by8) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  if (by8) {
+    for (int64_t i = t * 8; i < n; i += stride * 8) op.template apply<8>(i);
+  } else {
+    for (int64_t i = t; i < n; i += stride) op.template apply<1>(i);
+  }
+}
+// Launches elementwise_kernel on the stream; `arrays` are every pointer op reads or
+// writes (their alignment picks the 16-byte path). The caller checks the launch.
+template <class Op, class... P> void launch_elementwise(cudaStream_t stream, const Op& op, int64_t n, const P*... arrays) {
+  constexpr int kThreads = 256;
+  const bool by8 = n % 8 == 0 && aligned16(arrays...);
+  elementwise_kernel<Op><<<grid_stride_blocks(by8 ? n / 8 : n, kThreads), kThreads, 0, stream>>>(op, n, by8);
+}
+
+// ---- column sums of per-chunk partials ------------------------------------------------
+// Weight gradients of per-row layers (RMSNorm's w, the short conv's taps) are summed per
+// row chunk first, then over the chunks by column_sums: emit(c, sum over rows of
+// partial[row, c]) once per column, the sum in a fixed order (deterministic). A block takes
+// 32 columns; its 8 warps' lanes sum every 8th row (warp w: rows w, w + 8, ...), then the 8
+// sums are added in warp order: one thread per column over thousands of rows left most of
+// the device idle (GDN's o_norm: C = 192 over B Tn Hv rows).
+constexpr int kColumnSumCols = 32, kColumnSumGroups = 8;
+template <class Emit>
+__global__ void column_sum_kernel(const float* __restrict__ partial, int64_t rows, int64_t cols, Emit emit) {
+  __shared__ float sums[kColumnSumGroups][kColumnSumCols];
+  const int lane = int(threadIdx.x) % kColumnSumCols, group = int(threadIdx.x) / kColumnSumCols;
+  const int64_t c = int64_t(blockIdx.x) * kColumnSumCols + lane;
+  float s = 0.f;
+  if (c < cols)
+    for (int64_t r = group; r < rows; r += kColumnSumGroups) s += partial[r * cols + c];
+  sums[group][lane] = s;
+  __syncthreads();
+  if (group == 0 && c < cols) {
+    float t = 0.f;
+    for (int g = 0; g < kColumnSumGroups; ++g) t += sums[g][lane];
+    emit(c, t);
+  }
+}
+template <class Emit> void column_sums(cudaStream_t stream, const float* partial, int64_t rows, int64_t cols, const Emit& emit) {
+  column_sum_kernel<Emit><<<unsigned(ceil_div(cols, kColumnSumCols)), kColumnSumCols * kColumnSumGroups, 0, stream>>>(
+      partial, rows, cols, emit);
 }
 
 }  // namespace hysim::cuda
