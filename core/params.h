@@ -10,6 +10,7 @@
 // names the checkpoint datasets and drives initialisation. Activations saved for the
 // backward pass are declared the same way (visit_acts, v(ptr, name, numel)).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <stdexcept>
@@ -77,28 +78,52 @@ template <class T> struct ParamStore {
   std::vector<int64_t> offsets;
   std::vector<T> value, grad;
 
-  // visit(P& p, auto&& v) calls v(T*& ptr, ParamSpec) for every parameter of p.
-  template <class P, class Visit> void build(P& values, P& grads, Visit visit) {
+  // visit(P& p, auto&& v) calls v(T*& ptr, ParamSpec) for every parameter of p. Each
+  // tensor starts at a multiple of `align` elements (1: packed, the CPU's layout; the GPU
+  // aligns its tensors for the GEMM library, the gaps belong to no parameter and stay 0).
+  template <class P, class Visit> void build(P& values, P& grads, Visit visit, int64_t align = 1) {
     specs.clear();
     offsets.clear();
     int64_t n = 0;
-    auto count = [&](T*&, const ParamSpec& s) { offsets.push_back(n); n += s.numel(); specs.push_back(s); };
+    auto count = [&](T*&, const ParamSpec& s) {
+      n = (n + align - 1) / align * align;
+      offsets.push_back(n);
+      n += s.numel();
+      specs.push_back(s);
+    };
     visit(values, count);
     value.assign(n, T(0));
     grad.assign(n, T(0));
-    int64_t off = 0;
-    auto bind_v = [&](T*& p, const ParamSpec& s) { p = value.data() + off; off += s.numel(); };
+    size_t i = 0;
+    auto bind_v = [&](T*& p, const ParamSpec&) { p = value.data() + offsets[i++]; };
     visit(values, bind_v);
-    off = 0;
-    auto bind_g = [&](T*& p, const ParamSpec& s) { p = grad.data() + off; off += s.numel(); };
+    i = 0;
+    auto bind_g = [&](T*& p, const ParamSpec&) { p = grad.data() + offsets[i++]; };
     visit(grads, bind_g);
   }
   void init(uint64_t seed) {
     for (size_t i = 0; i < specs.size(); ++i) init_values(value.data() + offsets[i], specs[i], specs[i].name, seed);
   }
   void zero_grad() { std::fill(grad.begin(), grad.end(), T(0)); }
-  int64_t size() const { return int64_t(value.size()); }
+  // The flat arrays' length (gaps included), from the layout itself: also for a layout
+  // whose value/grad vectors are left empty (the GPU model's).
+  int64_t size() const { return offsets.empty() ? 0 : offsets.back() + specs.back().numel(); }
+  int64_t n_params() const {  // the parameters alone
+    int64_t n = 0;
+    for (const ParamSpec& sp : specs) n += sp.numel();
+    return n;
+  }
 };
+
+// Values laid out as `from` rearranged into the layout of `to` (the same parameters in
+// the same order, other offsets: e.g. the CPU's packed layout and the GPU's aligned one).
+template <class T, class U>
+std::vector<T> relayout(const std::vector<T>& v, const ParamStore<U>& from, const ParamStore<U>& to) {
+  std::vector<T> out(static_cast<size_t>(to.size()), T(0));
+  for (size_t i = 0; i < from.specs.size(); ++i)
+    std::copy_n(v.begin() + from.offsets[i], from.specs[i].numel(), out.begin() + to.offsets[i]);
+  return out;
+}
 
 // Wrap a visitor so that every parameter name gets a prefix ("blocks.3.mixer.").
 template <class V> auto prefixed(const std::string& prefix, V& v) {

@@ -71,9 +71,13 @@ std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& mc, const Adam
 // With a multi-process `world`, the ranks meet through `rendezvous_file`
 // (rendezvous_path) and the optimizer is sharded over them (ZeRO-1). Throws naming what
 // is not supported on the GPU or when no device is present.
+struct CudaOptions {
+  WorldInfo world;                        // data-parallel ranks (default: one process)
+  std::string rendezvous_file;            // where they meet
+  bool activation_checkpointing = false;  // keep block inputs only; recompute each block in the backward
+};
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& mc, const AdamWConfig& ac, int64_t B, int64_t Tn,
-                                                uint64_t seed, const WorldInfo& world = {},
-                                                const std::string& rendezvous_file = "");
+                                                uint64_t seed, const CudaOptions& options = {});
 
 // Shared by the backends: sums weighted by the loss mask over validation batches
 // first, first + stride, ... below n_batches (fewer when the source has fewer);

@@ -201,7 +201,7 @@ std::unique_ptr<TrainBackend> make_cpu_backend(const ModelConfig& mc, const Adam
 
 #ifndef HYSIM_HAVE_CUDA
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig&, const AdamWConfig&, int64_t, int64_t, uint64_t,
-                                                const WorldInfo&, const std::string&) {
+                                                const CudaOptions&) {
   throw std::runtime_error(
       "run.device = cuda: this binary was built without the CUDA backend (configure with the `cuda` preset)");
 }
@@ -227,10 +227,16 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   if (world.distributed() && cfg.run.device != "cuda")
     throw std::runtime_error("data parallel training (" + world.source + ": " + std::to_string(world.size) +
                              " processes) needs run.device = cuda");
-  std::unique_ptr<TrainBackend> backend =
-      cfg.run.device == "cuda"
-          ? make_cuda_backend(cfg.model, ac, B, T, uint64_t(tc.seed), world, rendezvous_path(world, cfg.run.out_dir))
-          : make_cpu_backend(cfg.model, ac, B, T, uint64_t(tc.seed));
+  if (tc.activation_checkpointing && cfg.run.device != "cuda")
+    throw std::runtime_error("train.activation_checkpointing = true: implemented by the CUDA backend only "
+                             "(the CPU model keeps every activation); set it to false for run.device = cpu");
+  CudaOptions cuda_options;
+  cuda_options.world = world;
+  cuda_options.activation_checkpointing = tc.activation_checkpointing;
+  if (cfg.run.device == "cuda") cuda_options.rendezvous_file = rendezvous_path(world, cfg.run.out_dir);
+  std::unique_ptr<TrainBackend> backend = cfg.run.device == "cuda"
+                                              ? make_cuda_backend(cfg.model, ac, B, T, uint64_t(tc.seed), cuda_options)
+                                              : make_cpu_backend(cfg.model, ac, B, T, uint64_t(tc.seed));
   const bool leader = world.leader();  // the one rank that writes results, checkpoints and progress
   const int64_t ranks = world.size;
   const ScheduleConfig sched = schedule_config(tc);

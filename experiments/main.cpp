@@ -128,14 +128,16 @@ int cmd_info(int argc, char** argv) {
         "usage: hysim info -c model.ini [--gpus N] [--zero1] [--micro-batch B] [--seq-len T] [--bytes 2|4]\n\n"
         "Parameter count by kind (embedding / attention / GDN / Mamba2 / MLP / norms / head), FLOPs per\n"
         "token (forward and forward+backward) at the sequence length, and memory per device for\n"
-        "parameters, gradients, optimizer state and activations, with and without activation\n"
-        "checkpointing, for N data-parallel GPUs with or without ZeRO-1.\n");
+        "parameters, gradients, optimizer state and activations (with activation checkpointing as\n"
+        "train.activation_checkpointing says; both per-token figures are printed), for N data-parallel\n"
+        "GPUs with or without ZeRO-1.\n");
     return 0;
   }
   Config cfg = load_config(a);
   MemoryOptions mo;
   mo.data_parallel = std::stoll(opt(a, "gpus", "1"));
   mo.zero1 = a.opts.count("zero1");
+  mo.activation_checkpointing = cfg.train.activation_checkpointing;
   mo.micro_batch = std::stoll(opt(a, "micro-batch", std::to_string(cfg.train.batch_size)));
   mo.seq_len = std::stoll(opt(a, "seq-len", std::to_string(cfg.train.seq_len)));
   const int64_t bytes = std::stoll(opt(a, "bytes", "2"));

@@ -96,21 +96,29 @@ struct ArenaPlan {
 
 }  // namespace
 
-DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t Tn, int shards)
-    : cfg(c), letters(expand_pattern(c.pattern, c.n_layers)), max_B(B), max_T(Tn), ctx_(ctx) {
+DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t Tn, int shards,
+                         bool activation_checkpointing)
+    : cfg(c),
+      letters(expand_pattern(c.pattern, c.n_layers)),
+      max_B(B),
+      max_T(Tn),
+      checkpointing(activation_checkpointing),
+      ctx_(ctx) {
   check_supported(cfg, letters);
   // Parameter layout from the CPU's visit (names, shapes, offsets); values stay on the host side empty.
   {
     ModelParams<float> host_values, host_grads;
-    layout.build(host_values, host_grads, [&](ModelParams<float>& p, auto&& v) { visit_params(cfg, p, v); });
-    n_params_ = layout.size();
+    layout.build(
+        host_values, host_grads, [&](ModelParams<float>& p, auto&& v) { visit_params(cfg, p, v); }, kParamAlign);
+    n_params_ = layout.n_params();
+    layout_size_ = layout.size();
     layout.value.clear();
     layout.value.shrink_to_fit();
     layout.grad.clear();
     layout.grad.shrink_to_fit();
   }
   if (shards < 1) throw std::invalid_argument("DeviceModel: shards = " + std::to_string(shards) + " (need >= 1)");
-  shard_ = (n_params_ + 64 * shards - 1) / (64 * shards) * 64;
+  shard_ = (layout_size_ + kParamAlign * shards - 1) / (kParamAlign * shards) * kParamAlign;
   padded_ = shard_ * shards;
   const int64_t N = B * Tn, D = cfg.d_model, P = padded_;
   const int64_t rope_dh = cfg.d_head;
@@ -143,22 +151,56 @@ DeviceModel::DeviceModel(Context& ctx, const ModelConfig& c, int64_t B, int64_t 
     grads_.lm_head = grads_.embed_tokens;
   }
 
-  // Saved activations, bound by the layers' visit functions.
+  // Saved activations, bound by the layers' visit functions. With activation checkpointing
+  // only each block's input (x) is kept per block; the rest of one block's activations
+  // lives in one work region that every block shares (the backward recomputes a block's
+  // forward into it just before its backward), carved for each mixer letter from the same
+  // base: one block is live at a time.
   blocks_.resize(letters.size());
   auto visit_all = [&](auto&& v) {
-    for (size_t i = 0; i < letters.size(); ++i) visit_block_acts(cfg, letters[i], B, Tn, blocks_[i], v);
+    for (size_t i = 0; i < letters.size(); ++i) {
+      if (checkpointing) v(blocks_[i].x, "x", N * D);
+      else visit_block_acts(cfg, letters[i], B, Tn, blocks_[i], v);
+    }
     v(x_final_, "x_final", N * D);
     v(normed_, "normed", N * D);
     v(rstd_, "rstd", N);
+  };
+  auto alloc_from = [](DeviceArena& arena) {
+    return [&arena](auto*& p, const char* name, int64_t n) {
+      using P = std::remove_reference_t<decltype(*p)>;
+      p = arena.alloc<P>(n, name);
+    };
   };
   {
     ArenaPlan plan;
     visit_all([&](auto*& p, const char* name, int64_t n) { plan.count(p, name, n); });
     acts_arena_ = DeviceArena(plan.bytes, "model activations");
-    visit_all([&](auto*& p, const char* name, int64_t n) {
-      using P = std::remove_reference_t<decltype(*p)>;
-      p = acts_arena_.alloc<P>(n, name);
-    });
+    visit_all(alloc_from(acts_arena_));
+  }
+  if (checkpointing) {
+    std::string distinct;
+    for (char l : letters)
+      if (distinct.find(l) == std::string::npos) distinct += l;
+    size_t work_bytes = 0;
+    for (char l : distinct) {
+      ArenaPlan plan;
+      DeviceBlockActs probe;
+      visit_block_acts(cfg, l, B, Tn, probe, [&](auto*& p, const char* name, int64_t n) { plan.count(p, name, n); });
+      work_bytes = std::max(work_bytes, plan.bytes);
+    }
+    work_arena_ = DeviceArena(work_bytes, "one block's activations (checkpointing)");
+    for (char l : distinct) {
+      work_arena_.reset();
+      DeviceBlockActs shared;
+      visit_block_acts(cfg, l, B, Tn, shared, alloc_from(work_arena_));
+      for (size_t i = 0; i < letters.size(); ++i)
+        if (letters[i] == l) {
+          bf16* x = blocks_[i].x;  // the block's own saved input
+          blocks_[i] = shared;
+          blocks_[i].x = x;
+        }
+    }
   }
   grads_arena_ = DeviceArena(5 * DeviceArena::round_up(size_t(N * D) * sizeof(bf16)), "model backward buffers");
   for (bf16** p : {&d_normed_, &dy_, &dx_, &dh_, &dtmp_}) *p = grads_arena_.alloc<bf16>(N * D, "d residual");
@@ -199,29 +241,29 @@ size_t DeviceModel::scratch_bytes(const ModelConfig& m, int64_t B, int64_t Tn) {
 }
 
 std::vector<float> DeviceModel::initial_values(uint64_t seed) const {
-  std::vector<float> v(static_cast<size_t>(n_params_));
+  std::vector<float> v(static_cast<size_t>(layout_size_));
   for (size_t i = 0; i < layout.specs.size(); ++i)
     init_values(v.data() + layout.offsets[i], layout.specs[i], layout.specs[i].name, seed);
   return v;
 }
 
 void DeviceModel::set_values(const std::vector<float>& v) {
-  if (int64_t(v.size()) != n_params_)
-    throw std::invalid_argument("DeviceModel::set_values: " + std::to_string(v.size()) + " values for " +
-                                std::to_string(n_params_) + " parameters");
+  if (int64_t(v.size()) != layout_size_)
+    throw std::invalid_argument("DeviceModel::set_values: " + std::to_string(v.size()) + " values for a layout of " +
+                                std::to_string(layout_size_));
   // The fp32 gradient array is free between steps: the staging buffer for the rounding.
   CUDA_CHECK(cudaMemsetAsync(grad_, 0, size_t(padded_) * sizeof(float), ctx_.stream));
-  to_device(ctx_, grad_, v.data(), n_params_);
+  to_device(ctx_, grad_, v.data(), layout_size_);
   f32_to_bf16(ctx_, weights_, grad_, padded_);
   zero_grad();
   ctx_.sync();  // v may go out of scope
 }
 
 void DeviceModel::copy_weights(const DeviceModel& from) {
-  if (from.n_params_ != n_params_)
-    throw std::invalid_argument("DeviceModel::copy_weights: " + std::to_string(from.n_params_) + " parameters into " +
-                                std::to_string(n_params_));
-  CUDA_CHECK(cudaMemcpyAsync(weights_, from.weights_, size_t(n_params_) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+  if (from.layout_size_ != layout_size_)
+    throw std::invalid_argument("DeviceModel::copy_weights: a layout of " + std::to_string(from.layout_size_) +
+                                " into one of " + std::to_string(layout_size_));
+  CUDA_CHECK(cudaMemcpyAsync(weights_, from.weights_, size_t(layout_size_) * sizeof(bf16), cudaMemcpyDeviceToDevice,
                              ctx_.stream));
   ctx_.sync();
 }
@@ -231,8 +273,8 @@ void DeviceModel::zero_grad() {
 }
 
 void DeviceModel::scale_grad(float s) {
-  launch_elementwise(ctx_.stream, Scale{grad_, s}, n_params_, grad_);
-  CUDA_CHECK_LAUNCH("scale_grad", shape_str("n", n_params_));
+  launch_elementwise(ctx_.stream, Scale{grad_, s}, layout_size_, grad_);
+  CUDA_CHECK_LAUNCH("scale_grad", shape_str("n", layout_size_));
 }
 
 // ---- mixer dispatch: the one place on the GPU that switches on the mixer letter ------
@@ -248,38 +290,40 @@ static const char* phase_name(char letter, bool backward) {
   }
 }
 
+void DeviceModel::forward_block(size_t i, bf16* out, int64_t B, int64_t Tn) {
+  const int64_t N = B * Tn, D = cfg.d_model;
+  const BlockParams<bf16>& p = params_.blocks[i];
+  const DeviceBlockActs& a = blocks_[i];
+  const NormPlacement place = norm_placement(cfg, p.letter);
+  bf16* h = cfg.d_mlp > 0 ? a.h : out;
+  auto mixer = [&](bf16* y, const bf16* x) {
+    switch (p.letter) {
+      case 'A': case 'W':
+        attention_forward(ctx_, attention_config(cfg, p.letter), p.attn, a.attn, rope_table_, y, x, B, Tn);
+        break;
+      case 'G': gdn_forward(ctx_, gdn_config(cfg), p.gdn, a.gdn, y, x, B, Tn); break;
+      case 'M': mamba2_forward(ctx_, mamba2_config(cfg), p.m2, a.m2, y, x, B, Tn); break;
+    }
+  };
+  {
+    PhaseScope span(ctx_.stream, phase_name(p.letter, false));
+    residual_forward(ctx_, place, mixer, p.mixer_norm.w, cfg.norm_eps, a.x, a.norm1, a.rstd1, a.mixer_out, h, N, D);
+  }
+  if (cfg.d_mlp > 0) {
+    PhaseScope span(ctx_.stream, "fwd MLP (norm, SwiGLU, residual)");
+    const SwiGLUConfig mc = mlp_config(cfg);
+    residual_forward(
+        ctx_, place, [&](bf16* y, const bf16* x) { swiglu_forward(ctx_, mc, p.mlp, a.mlp, y, x, B, Tn); },
+        p.mlp_norm.w, cfg.norm_eps, a.h, a.norm2, a.rstd2, a.mlp_out, out, N, D);
+  }
+}
+
 void DeviceModel::forward_blocks(int64_t B, int64_t Tn) {
   const int64_t N = B * Tn, D = cfg.d_model;
   PhaseScope fwd_span(ctx_.stream, "forward (all)");
   embedding_forward(ctx_, blocks_.empty() ? x_final_ : blocks_[0].x, tokens_, params_.embed_tokens, N, D,
                     cfg.vocab_size);
-  for (size_t i = 0; i < letters.size(); ++i) {
-    const BlockParams<bf16>& p = params_.blocks[i];
-    const DeviceBlockActs& a = blocks_[i];
-    bf16* out = i + 1 < letters.size() ? blocks_[i + 1].x : x_final_;
-    const NormPlacement place = norm_placement(cfg, p.letter);
-    bf16* h = cfg.d_mlp > 0 ? a.h : out;
-    auto mixer = [&](bf16* y, const bf16* x) {
-      switch (p.letter) {
-        case 'A': case 'W':
-          attention_forward(ctx_, attention_config(cfg, p.letter), p.attn, a.attn, rope_table_, y, x, B, Tn);
-          break;
-        case 'G': gdn_forward(ctx_, gdn_config(cfg), p.gdn, a.gdn, y, x, B, Tn); break;
-        case 'M': mamba2_forward(ctx_, mamba2_config(cfg), p.m2, a.m2, y, x, B, Tn); break;
-      }
-    };
-    {
-      PhaseScope span(ctx_.stream, phase_name(p.letter, false));
-      residual_forward(ctx_, place, mixer, p.mixer_norm.w, cfg.norm_eps, a.x, a.norm1, a.rstd1, a.mixer_out, h, N, D);
-    }
-    if (cfg.d_mlp > 0) {
-      PhaseScope span(ctx_.stream, "fwd MLP (norm, SwiGLU, residual)");
-      const SwiGLUConfig mc = mlp_config(cfg);
-      residual_forward(
-          ctx_, place, [&](bf16* y, const bf16* x) { swiglu_forward(ctx_, mc, p.mlp, a.mlp, y, x, B, Tn); },
-          p.mlp_norm.w, cfg.norm_eps, a.h, a.norm2, a.rstd2, a.mlp_out, out, N, D);
-    }
-  }
+  for (size_t i = 0; i < letters.size(); ++i) forward_block(i, i + 1 < letters.size() ? blocks_[i + 1].x : x_final_, B, Tn);
   rmsnorm_forward(ctx_, normed_, rstd_, x_final_, params_.final_norm.w, N, D, cfg.norm_eps);
 }
 
@@ -309,6 +353,10 @@ StepStats DeviceModel::forward_backward(const int32_t* tokens, const int32_t* ta
     const BlockParams<float>& g = grads_.blocks[ii];
     const DeviceBlockActs& a = blocks_[ii];
     const NormPlacement place = norm_placement(cfg, p.letter);
+    if (checkpointing) {  // this block's activations again, from its saved input (its output is not needed)
+      PhaseScope span(ctx_.stream, "recompute (activation checkpointing)");
+      forward_block(ii, dtmp_, B, Tn);
+    }
     const bf16* dh = dy;
     if (cfg.d_mlp > 0) {
       PhaseScope span(ctx_.stream, "bwd MLP (norm, SwiGLU, residual)");

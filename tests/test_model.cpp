@@ -162,3 +162,26 @@ TEST_CASE("model: float agrees with double; 1 and 2 threads give identical resul
   omp_set_num_threads(2);
   CHECK(grads[0] == grads[1]);
 }
+
+TEST_CASE("ParamStore: an aligned layout (the GPU's) holds the same parameters; relayout maps values both ways") {
+  const ModelConfig c = tiny_config("GMWA", 4);
+  ModelParams<float> v1, g1, v2, g2;
+  ParamStore<float> packed, aligned;
+  auto visit = [&](ModelParams<float>& p, auto&& v) { visit_params(c, p, v); };
+  packed.build(v1, g1, visit);
+  aligned.build(v2, g2, visit, 64);
+  REQUIRE(aligned.specs.size() == packed.specs.size());
+  int64_t gaps = 0;
+  for (size_t i = 0; i < aligned.specs.size(); ++i) {
+    CHECK(aligned.offsets[i] % 64 == 0);
+    if (i > 0) gaps += aligned.offsets[i] - (aligned.offsets[i - 1] + aligned.specs[i - 1].numel());
+  }
+  CHECK(gaps > 0);  // this config has tensors whose sizes are not multiples of 64
+  CHECK(aligned.n_params() == packed.size());
+  CHECK(aligned.size() == packed.size() + gaps);
+  CHECK(v2.embed_tokens == aligned.value.data() + aligned.offsets[0]);  // bound at the aligned offsets
+  packed.init(3);
+  aligned.init(3);
+  CHECK(relayout(packed.value, packed, aligned) == aligned.value);
+  CHECK(relayout(aligned.value, aligned, packed) == packed.value);
+}

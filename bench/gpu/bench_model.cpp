@@ -79,9 +79,9 @@ int main(int argc, char** argv) {
   const int device = local_device(world);
   if (!world.leader()) std::freopen("/dev/null", "w", stdout);  // rank 0 reports
   std::printf("device: %s\n", device_summary(device).c_str());
-  std::printf("config: %s, pattern %s x %lld layers, d_model %lld, batch %lld x %lld per GPU, %d GPU(s)\n",
+  std::printf("config: %s, pattern %s x %lld layers, d_model %lld, batch %lld x %lld per GPU, %d GPU(s)%s\n",
               path.c_str(), mc.pattern.c_str(), (long long)mc.n_layers, (long long)mc.d_model, (long long)B,
-              (long long)T, world.size);
+              (long long)T, world.size, cfg.train.activation_checkpointing ? ", activation checkpointing" : "");
 
   const double peak = gemm_peak_tflops(device);
   std::printf("bf16 GEMM peak (cuBLASLt 8192^3, this run): %.1f TFLOP/s\n", peak);
@@ -90,7 +90,11 @@ int main(int argc, char** argv) {
   AdamWConfig ac;
   std::unique_ptr<TrainBackend> model;
   try {
-    model = make_cuda_backend(mc, ac, B, T, 0, world, rendezvous_path(world, "results"));
+    CudaOptions o;
+    o.world = world;
+    o.rendezvous_file = rendezvous_path(world, "results");
+    o.activation_checkpointing = cfg.train.activation_checkpointing;
+    model = make_cuda_backend(mc, ac, B, T, 0, o);
   } catch (const std::exception& e) {
     std::printf("does not fit: %s\n", e.what());
     std::printf("RESULT model_step 0 0 0 0\n");
@@ -128,6 +132,7 @@ int main(int argc, char** argv) {
   mo.micro_batch = B;
   mo.data_parallel = world.size;
   mo.zero1 = world.distributed();
+  mo.activation_checkpointing = cfg.train.activation_checkpointing;
   mo.seq_len = T;
   const MemoryEstimate est = estimate_memory(mc, mo);
   const double est_gib = est.total() / double(1ull << 30);

@@ -23,13 +23,13 @@ namespace {
 class CudaBackend final : public TrainBackend {
  public:
   CudaBackend(const ModelConfig& mc, const AdamWConfig& ac, int64_t B, int64_t Tn, uint64_t seed,
-              const WorldInfo& world, const std::string& rendezvous_file)
-      : world_(world),
-        ctx_(cuda::DeviceModel::scratch_bytes(mc, B, Tn), cuda::local_device(world)),
-        comm_(world.distributed() ? std::make_unique<cuda::NcclComm>(ctx_, world, rendezvous_file) : nullptr),
-        model_(ctx_, mc, B, Tn, world.size),
-        adam_(ctx_, param_groups(model_.layout), ac, world.rank * model_.shard_size(),
-              (world.rank + 1) * model_.shard_size()),
+              const CudaOptions& o)
+      : world_(o.world),
+        ctx_(cuda::DeviceModel::scratch_bytes(mc, B, Tn), cuda::local_device(o.world)),
+        comm_(o.world.distributed() ? std::make_unique<cuda::NcclComm>(ctx_, o.world, o.rendezvous_file) : nullptr),
+        model_(ctx_, mc, B, Tn, o.world.size, o.activation_checkpointing),
+        adam_(ctx_, param_groups(model_.layout), ac, o.world.rank * model_.shard_size(),
+              (o.world.rank + 1) * model_.shard_size()),
         adam_cfg_(ac),
         B_(B),
         T_(Tn) {
@@ -40,6 +40,7 @@ class CudaBackend final : public TrainBackend {
   std::string name() const override { return "cuda"; }
   std::string description() const override {
     std::string d = cuda::device_summary(ctx_.device);
+    if (model_.checkpointing) d += ", activation checkpointing";
     if (world_.distributed())
       d += ", rank " + std::to_string(world_.rank) + " of " + std::to_string(world_.size) + " (ZeRO-1)";
     return d;
@@ -81,7 +82,7 @@ class CudaBackend final : public TrainBackend {
   }
   void load_param_tensors(const std::vector<NamedTensor>& t, const std::string& what) override {
     ParamStore<float> s = model_.layout;
-    s.value.assign(size_t(model_.n_params()), 0.f);
+    s.value.assign(size_t(model_.layout_size()), 0.f);
     load_store_tensors(s, t, what);
     model_.set_values(s.value);
     adam_.set_master(ctx_, s.value.data());
@@ -108,7 +109,7 @@ class CudaBackend final : public TrainBackend {
   EvalStats evaluate_at_length(const ModelConfig& mc, const DataSource& data, int64_t Tn,
                                int64_t n_batches) override {
     cuda::Context ctx(cuda::DeviceModel::scratch_bytes(mc, B_, Tn), ctx_.device);
-    cuda::DeviceModel m(ctx, mc, B_, Tn);
+    cuda::DeviceModel m(ctx, mc, B_, Tn, 1, model_.checkpointing);
     m.copy_weights(model_);
     return evaluate_device(m, data, Tn, n_batches);
   }
@@ -122,16 +123,16 @@ class CudaBackend final : public TrainBackend {
   AdamWConfig adam_cfg_;
   int64_t B_, T_;
 
-  // A per-shard optimizer array (master, m or v) of every parameter, on the host (the
-  // leader's; the other ranks take part and get it too). Staged in the gradient buffer,
+  // A per-shard optimizer array (master, m or v) of every parameter, on the host in the
+  // model's layout (the leader's; the other ranks take part and get it too). Staged in the gradient buffer,
   // which is free between steps and zeroed at the next one.
   std::vector<float> gather(const float* shard_array) {
     float* staging = model_.grad();
     CUDA_CHECK(cudaMemcpyAsync(staging + adam_.shard_lo(), shard_array, size_t(adam_.shard_size()) * sizeof(float),
                                cudaMemcpyDeviceToDevice, ctx_.stream));
     if (comm_) comm_->all_gather(staging, model_.shard_size());
-    std::vector<float> v(size_t(model_.n_params()));
-    cuda::to_host(ctx_, v.data(), staging, model_.n_params());
+    std::vector<float> v(size_t(model_.layout_size()));
+    cuda::to_host(ctx_, v.data(), staging, model_.layout_size());
     return v;
   }
 
@@ -150,11 +151,10 @@ class CudaBackend final : public TrainBackend {
 }  // namespace
 
 std::unique_ptr<TrainBackend> make_cuda_backend(const ModelConfig& mc, const AdamWConfig& ac, int64_t B, int64_t Tn,
-                                                uint64_t seed, const WorldInfo& world,
-                                                const std::string& rendezvous_file) {
+                                                uint64_t seed, const CudaOptions& options) {
   if (cuda::device_count() == 0)
     throw std::runtime_error("run.device = cuda: no CUDA device is visible (driver missing or no GPU)");
-  return std::make_unique<CudaBackend>(mc, ac, B, Tn, seed, world, rendezvous_file);
+  return std::make_unique<CudaBackend>(mc, ac, B, Tn, seed, options);
 }
 
 }  // namespace hysim
