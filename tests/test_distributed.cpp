@@ -155,7 +155,7 @@ TEST_CASE("hysim launch: every rank gets its variables; one failing rank stops t
   fs::remove_all(dir);
 }
 
-TEST_CASE("the trainer refuses a multi-process run on the CPU, naming the variables") {
+TEST_CASE("the trainer refuses what only the CUDA backend does: several processes, activation checkpointing") {
   ::setenv("RANK", "0", 1);
   ::setenv("WORLD_SIZE", "2", 1);
   const fs::path dir = fresh_dir("cpu_dp");
@@ -165,5 +165,11 @@ TEST_CASE("the trainer refuses a multi-process run on the CPU, naming the variab
                        std::runtime_error);
   ::unsetenv("RANK");
   ::unsetenv("WORLD_SIZE");
+  // One process, but a setting the CPU model would silently ignore.
+  const Config ck = parse_config("", {"--run.out_dir=" + dir.string(), "--train.steps=1", "--train.warmup_steps=0",
+                                      "--data.source=parity", "--model.vocab_size=8",
+                                      "--train.activation_checkpointing=true"});
+  CHECK_THROWS_WITH_AS(train(ck, {true, {}}), doctest::Contains("train.activation_checkpointing = true: implemented by"),
+                       std::runtime_error);
   fs::remove_all(dir);
 }
