@@ -126,4 +126,10 @@ TEST_CASE("AdamW CUDA: two ZeRO-1 shards together equal the whole optimizer") {
   to_host(ctx, ps.data(), params_shards, n);
   CHECK(std::memcmp(pw.data(), ps.data(), size_t(n) * sizeof(bf16)) == 0);
   CHECK_THROWS_WITH_AS(AdamW(ctx, groups, cfg, 2, n), doctest::Contains("multiple of 4"), std::invalid_argument);
+  // A rank whose shard lies in the padding past the parameters (a small model over many
+  // ranks) owns nothing: no chunks, a zero norm, a step that changes nothing.
+  AdamW past(ctx, groups, cfg, n + 64, n + 128);
+  CHECK(past.shard_size() == 0);
+  CHECK(past.grad_sq_sum(ctx, grad) == 0.0);
+  CHECK(past.update(ctx, params_shards, grad, 1e-3, 5.0, [](double s) { return s; }) == 0.0);
 }

@@ -121,11 +121,12 @@ AdamW::AdamW(Context& ctx, std::vector<ParamGroup> groups, AdamWConfig cfg, int6
       throw std::invalid_argument("AdamW (CUDA): group '" + g.name + "' has negative offset or numel");
     size_ = std::max(size_, g.offset + g.numel);
   }
-  lo_ = shard_lo;
-  hi_ = shard_hi < 0 ? size_ : std::min(shard_hi, size_);
-  if (lo_ < 0 || lo_ % 4 != 0 || lo_ > hi_)
+  if (shard_lo < 0 || shard_lo % 4 != 0 || (shard_hi >= 0 && shard_hi < shard_lo))
     throw std::invalid_argument("AdamW (CUDA): shard [" + std::to_string(shard_lo) + ", " + std::to_string(shard_hi) +
                                 ") of " + std::to_string(size_) + " parameters (its start must be a multiple of 4)");
+  // A shard past the parameters (a small model over many ranks: the padding's shard) is empty.
+  lo_ = std::min(shard_lo, size_);
+  hi_ = shard_hi < 0 ? size_ : std::clamp(shard_hi, lo_, size_);
   // Each group's part inside the shard, cut into chunks from that part's start.
   std::vector<Chunk> table;
   for (const ParamGroup& g : groups_) {
