@@ -44,6 +44,8 @@ constexpr EnvScheme kSchemes[] = {
     {"SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"},
 };
 
+volatile sig_atomic_t g_launch_signal = 0;  // a signal the launcher received (launch)
+
 }  // namespace
 
 WorldInfo world_from_env(const EnvLookup& env) {
@@ -143,14 +145,28 @@ int launch(int gpus, const std::vector<std::string>& command, const std::string&
     pids.push_back(pid);
   }
   // Wait for every rank; the first failure stops the rest (they would wait forever in a
-  // collective for the one that is gone).
+  // collective for the one that is gone). A SIGTERM / SIGINT sent to the launcher alone (a
+  // scheduler cancelling the job) is passed on to every rank.
+  g_launch_signal = 0;
+  struct sigaction on_signal {}, old_term {}, old_int {};
+  on_signal.sa_handler = [](int sig) { g_launch_signal = sig; };
+  sigemptyset(&on_signal.sa_mask);  // no SA_RESTART: waitpid returns EINTR
+  ::sigaction(SIGTERM, &on_signal, &old_term);
+  ::sigaction(SIGINT, &on_signal, &old_int);
   int result = 0, running = gpus;
+  bool forwarded = false;
   while (running > 0) {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, 0);
     if (pid < 0) {
-      if (errno == EINTR) continue;
-      break;
+      if (errno != EINTR) break;
+      if (g_launch_signal != 0 && !forwarded) {
+        forwarded = true;
+        std::fprintf(stderr, "hysim launch: signal %d; passing it to the ranks\n", int(g_launch_signal));
+        for (pid_t p : pids)
+          if (p > 0) ::kill(p, g_launch_signal);
+      }
+      continue;
     }
     int rank = -1;
     for (int r = 0; r < gpus; ++r)
@@ -167,8 +183,11 @@ int launch(int gpus, const std::vector<std::string>& command, const std::string&
         if (p > 0) ::kill(p, SIGTERM);
     }
   }
+  ::sigaction(SIGTERM, &old_term, nullptr);
+  ::sigaction(SIGINT, &old_int, nullptr);
   std::error_code ec;
   fs::remove(rdzv, ec);  // normally removed by rank 0 once every rank has read it
+  if (result == 0 && g_launch_signal != 0) result = 128 + int(g_launch_signal);
   return result;
 }
 

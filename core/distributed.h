@@ -46,7 +46,8 @@ std::vector<char> exchange_through_file(const WorldInfo& w, const std::string& p
 // WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and HYSIM_RENDEZVOUS (a fresh file in
 // rendezvous_dir, removed at the end) set, waits for all of them and returns 0 when every
 // rank succeeded. When one rank fails, the others are stopped (SIGTERM) and its status
-// is returned (128 + signal for a signal), after a line naming the rank.
+// is returned (128 + signal for a signal), after a line naming the rank. A SIGTERM or
+// SIGINT sent to the launcher is passed on to every rank.
 int launch(int gpus, const std::vector<std::string>& command, const std::string& rendezvous_dir = "");
 
 }  // namespace hysim

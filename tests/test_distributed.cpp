@@ -4,7 +4,9 @@
 // (tests/test_cuda_data_parallel.cpp).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -148,6 +150,21 @@ TEST_CASE("hysim launch: every rank gets its variables; one failing rank stops t
   CHECK(code == 3);
   CHECK(s < 20);
   CHECK(launch(2, {"/nonexistent/program"}, dir.string()) == 127);
+
+  // A SIGTERM to the launcher alone (as a scheduler sends it) reaches the ranks: the
+  // launcher returns soon with 128 + 15 instead of waiting a minute for them.
+  const pid_t launcher = ::fork();
+  REQUIRE(launcher >= 0);
+  if (launcher == 0) std::_Exit(launch(2, {"/bin/sh", "-c", "exec sleep 60"}, dir.string()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the ranks are running
+  const auto t1 = std::chrono::steady_clock::now();
+  ::kill(launcher, SIGTERM);
+  int status = 0;
+  ::waitpid(launcher, &status, 0);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 128 + SIGTERM);
+  CHECK(waited < 10);
 
   const std::string bad = std::string(HYSIM_BIN) + " launch train -c x.ini 2>/dev/null";
   const int rc_bad = std::system(bad.c_str());
