@@ -247,13 +247,24 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   out.val_loss = std::nan("");
   const std::string config_text = to_ini(cfg);
 
-  int64_t start = 0;
+  // Micro-batches of one step over all ranks; the data cursor counts micro-batches consumed,
+  // so that a run resumed with another ranks x grad_accum continues where the data stopped
+  // (neither replaying nor skipping batches) and its token axis stays the tokens seen.
+  const int64_t micro_per_step = tc.grad_accum * ranks;
+  int64_t start = 0, cursor_at_start = 0;
   std::unique_ptr<RunResults> results;
   if (!cfg.run.resume.empty()) {
     Checkpoint ck = load_checkpoint(cfg.run.resume);
     backend->load_param_tensors(ck.params, "checkpoint " + cfg.run.resume);
     backend->load_optimizer_tensors(ck.optimizer, ck.step);
     start = ck.step;
+    cursor_at_start = ck.data_cursor.empty() ? start * micro_per_step : ck.data_cursor[0];
+    if (leader && cursor_at_start != start * micro_per_step)
+      std::fprintf(stderr,
+                   "hysim train: warning: %s was written with another global batch (%lld micro-batches in %lld "
+                   "steps, %lld per step now): the data continues at micro-batch %lld, the schedule at step %lld\n",
+                   cfg.run.resume.c_str(), (long long)cursor_at_start, (long long)start, (long long)micro_per_step,
+                   (long long)cursor_at_start, (long long)start);
     if (leader && std::filesystem::exists(out.results_path)) {
       results = std::make_unique<RunResults>(RunResults::load(out.results_path));
       results->truncate_after(start);  // rows after the checkpoint are recomputed
@@ -293,7 +304,7 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     ck.params = backend->param_tensors();
     ck.optimizer = backend->optimizer_tensors();
     ck.rng_state = {uint64_t(tc.seed)};
-    ck.data_cursor = {step * tc.grad_accum * ranks};
+    ck.data_cursor = {cursor_at_start + (step - start) * micro_per_step};
     ck.meta["backend"] = backend->name();
     if (ranks > 1) ck.meta["data_parallel"] = std::to_string(ranks);
     if (leader) save_checkpoint(path, ck);
@@ -302,18 +313,18 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
   Progress progress(opt.quiet || !leader);
   progress.message("hysim train: " + std::to_string(backend->n_params()) + " parameters on " +
                    backend->description() + ", " + data->name() + ", results " + out.results_path);
-  // A step: grad_accum micro-batches on each rank; micro-batch k of a step is data index
-  // (step * grad_accum + k) * ranks + rank, so R ranks see the batches of one process
-  // with R times the accumulation.
-  const double flops_per_step = 3.0 * double(model_forward_flops(cfg.model, B, T)) * double(tc.grad_accum * ranks);
-  const int64_t tokens_per_step = B * T * tc.grad_accum * ranks;
+  // A step: grad_accum micro-batches on each rank; micro-batch k of step s is data index
+  // cursor_at_start + ((s - start) * grad_accum + k) * ranks + rank, so R ranks see the
+  // batches of one process with R times the accumulation.
+  const double flops_per_micro = 3.0 * double(model_forward_flops(cfg.model, B, T));
+  const int64_t tokens_per_step = B * T * micro_per_step;
   Batch batch;
   const auto t_start = std::chrono::steady_clock::now();
   for (int64_t step = start; step < end_step; ++step) {
     backend->zero_grad();
     double loss = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      data->train_batch((step * tc.grad_accum + micro) * ranks + world.rank, B, T, batch);
+      data->train_batch(cursor_at_start + ((step - start) * tc.grad_accum + micro) * ranks + world.rank, B, T, batch);
       const StepStats s = backend->forward_backward(batch, tc.z_loss, true);
       loss += s.loss / double(tc.grad_accum);
     }
@@ -350,8 +361,9 @@ TrainOutcome train(const Config& cfg, const TrainOptions& opt) {
     if (log_now && leader) {
       MetricsRow row;
       row.step = step + 1;
-      row.tokens = (step + 1) * tokens_per_step;
-      row.flops = double(step + 1) * flops_per_step;
+      const int64_t micro_done = cursor_at_start + (step + 1 - start) * micro_per_step;
+      row.tokens = micro_done * B * T;
+      row.flops = double(micro_done) * flops_per_micro;
       row.train_loss = loss;
       row.val_loss = eval_now ? out.val_loss : std::nan("");
       row.lr = lr;

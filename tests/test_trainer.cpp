@@ -110,6 +110,24 @@ TEST_CASE("trainer: kill -9 mid-run, resume, and the final parameters equal an u
   for (int64_t i = 0; i < steps; ++i) CHECK(st[i] == i + 1);
 }
 
+TEST_CASE("trainer: resumed with another grad_accum, the data continues where it stopped") {
+  // 4 steps of 2 micro-batches, then 2 more of 1: micro-batches 0-7, then 8 and 9 (not 4 and 5
+  // again); the token axis counts the tokens seen, 10 micro-batches of 4 x 32.
+  fs::path out = scratch_dir("resume_accum");
+  TrainOptions quiet;
+  quiet.quiet = true;
+  const auto run = [&](int64_t steps) { return with(tiny_overrides(out, "a", steps), "train.warmup_steps", "2"); };
+  TrainOutcome a = train(parse_config("", with(run(4), "train.grad_accum", "2")), quiet);
+  CHECK(load_checkpoint(a.checkpoint_path).data_cursor == std::vector<int64_t>{8});
+  TrainOutcome b = train(parse_config("", with(run(6), "run.resume", a.checkpoint_path)), quiet);
+  CHECK(b.steps_done == 6);
+  CHECK(load_checkpoint(b.checkpoint_path).data_cursor == std::vector<int64_t>{10});
+  const std::vector<int64_t> tokens = h5::File::open(b.results_path).read<int64_t>("metrics/tokens");
+  REQUIRE(tokens.size() == 6);
+  CHECK(tokens[3] == 8 * 4 * 32);
+  CHECK(tokens[5] == 10 * 4 * 32);
+}
+
 TEST_CASE("trainer: a diverging run stops at a non-finite loss, names the step, keeps the checkpoint") {
   fs::path out = scratch_dir("nan");
   std::vector<std::string> ov = tiny_overrides(out, "nan", 20);
