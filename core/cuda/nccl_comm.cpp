@@ -3,7 +3,9 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <string>
 #include <filesystem>
+#include <exception>
 #include <stdexcept>
 #include <vector>
 
@@ -28,7 +30,13 @@ ncclComm_t as_comm(void* c) { return static_cast<ncclComm_t>(c); }
 int local_device(const WorldInfo& world) {
   const int n = device_count();
   if (n == 0) throw std::runtime_error("no CUDA device is visible (driver missing or no GPU)");
-  return world.local_rank % n;
+  // One visible GPU: the scheduler bound one to each task (Slurm's --gpus-per-task). Several:
+  // the local rank picks one, and a rank past them would share a GPU, which NCCL refuses.
+  if (n == 1) return 0;
+  if (world.local_rank >= n)
+    throw std::runtime_error("local rank " + std::to_string(world.local_rank) + " but only " + std::to_string(n) +
+                             " GPUs are visible on this node: start at most one rank per GPU");
+  return world.local_rank;
 }
 
 NcclComm::NcclComm(Context& ctx, const WorldInfo& world, const std::string& rendezvous_file)
@@ -57,7 +65,9 @@ NcclComm::NcclComm(Context& ctx, const WorldInfo& world, const std::string& rend
 }
 
 NcclComm::~NcclComm() {
-  if (comm_) ncclCommDestroy(as_comm(comm_));
+  // Unwinding from an error: the other ranks may never join the queued collectives, which
+  // ncclCommDestroy would wait for; abort lets this rank exit (and the launcher stop the rest).
+  if (comm_) (std::uncaught_exceptions() > 0 ? ncclCommAbort : ncclCommDestroy)(as_comm(comm_));
   if (dev_sum_) cudaFree(dev_sum_);
 }
 

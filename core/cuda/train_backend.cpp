@@ -90,10 +90,14 @@ class CudaBackend final : public TrainBackend {
   // The moments go through a host AdamW of the same groups, which names and checks them
   // exactly as the CPU backend does.
   std::vector<NamedTensor> optimizer_tensors() override {
+    if (!world_.leader()) {  // take part in the gathers, keep nothing
+      gather(adam_.m()), gather(adam_.v());
+      return {};
+    }
     AdamW<float> host(adam_.groups(), adam_cfg_);
     host.m() = gather(adam_.m());
     host.v() = gather(adam_.v());
-    return world_.leader() ? host.state_tensors() : std::vector<NamedTensor>{};
+    return host.state_tensors();
   }
   void load_optimizer_tensors(const std::vector<NamedTensor>& t, int64_t step_count) override {
     AdamW<float> host(adam_.groups(), adam_cfg_);
@@ -123,14 +127,16 @@ class CudaBackend final : public TrainBackend {
   AdamWConfig adam_cfg_;
   int64_t B_, T_;
 
-  // A per-shard optimizer array (master, m or v) of every parameter, on the host in the
-  // model's layout (the leader's; the other ranks take part and get it too). Staged in the gradient buffer,
+  // A per-shard optimizer array (master, m or v) of every parameter, on the leader's host in
+  // the model's layout; the other ranks take part and get nothing (a 7B array is 30 GB: a
+  // copy on every rank outgrew the host at checkpoints). Staged in the gradient buffer,
   // which is free between steps and zeroed at the next one.
   std::vector<float> gather(const float* shard_array) {
     float* staging = model_.grad();
     CUDA_CHECK(cudaMemcpyAsync(staging + adam_.shard_lo(), shard_array, size_t(adam_.shard_size()) * sizeof(float),
                                cudaMemcpyDeviceToDevice, ctx_.stream));
     if (comm_) comm_->all_gather(staging, model_.shard_size());
+    if (!world_.leader()) return {};
     std::vector<float> v(size_t(model_.layout_size()));
     cuda::to_host(ctx_, v.data(), staging, model_.layout_size());
     return v;
