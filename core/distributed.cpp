@@ -126,10 +126,28 @@ int launch(int gpus, const std::vector<std::string>& command, const std::string&
   std::vector<char*> argv;
   for (const std::string& a : command) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  // A SIGTERM / SIGINT sent to the launcher alone (a scheduler cancelling the job) is passed
+  // on to every rank: caught from before the first fork, so that none is orphaned.
+  g_launch_signal = 0;
+  struct sigaction on_signal {}, old_term {}, old_int {};
+  on_signal.sa_handler = [](int sig) { g_launch_signal = sig; };
+  sigemptyset(&on_signal.sa_mask);
+  ::sigaction(SIGTERM, &on_signal, &old_term);
+  ::sigaction(SIGINT, &on_signal, &old_int);
+  const auto restore_signals = [&] {
+    ::sigaction(SIGTERM, &old_term, nullptr);
+    ::sigaction(SIGINT, &old_int, nullptr);
+  };
   std::vector<pid_t> pids;
   for (int r = 0; r < gpus; ++r) {
     const pid_t pid = ::fork();
-    if (pid < 0) throw std::runtime_error(std::string("hysim launch: fork failed: ") + std::strerror(errno));
+    if (pid < 0) {  // stop the ranks already started: they would wait for this one forever
+      const std::string err = std::strerror(errno);
+      for (pid_t p : pids) ::kill(p, SIGTERM);
+      for (pid_t p : pids) ::waitpid(p, nullptr, 0);
+      restore_signals();
+      throw std::runtime_error("hysim launch: fork failed for rank " + std::to_string(r) + ": " + err);
+    }
     if (pid == 0) {
       ::signal(SIGTERM, SIG_DFL);  // the parent's handlers, if any, are not the child's (until exec)
       ::signal(SIGINT, SIG_DFL);
@@ -145,29 +163,24 @@ int launch(int gpus, const std::vector<std::string>& command, const std::string&
     pids.push_back(pid);
   }
   // Wait for every rank; the first failure stops the rest (they would wait forever in a
-  // collective for the one that is gone). A SIGTERM / SIGINT sent to the launcher alone (a
-  // scheduler cancelling the job) is passed on to every rank.
-  g_launch_signal = 0;
-  struct sigaction on_signal {}, old_term {}, old_int {};
-  on_signal.sa_handler = [](int sig) { g_launch_signal = sig; };
-  sigemptyset(&on_signal.sa_mask);  // no SA_RESTART: waitpid returns EINTR
-  ::sigaction(SIGTERM, &on_signal, &old_term);
-  ::sigaction(SIGINT, &on_signal, &old_int);
+  // collective for the one that is gone). Polled, so that a signal arriving at any moment
+  // is passed on within 20 ms.
   int result = 0, running = gpus;
   bool forwarded = false;
   while (running > 0) {
+    if (g_launch_signal != 0 && !forwarded) {
+      forwarded = true;
+      std::fprintf(stderr, "hysim launch: signal %d; passing it to the ranks\n", int(g_launch_signal));
+      for (pid_t p : pids)
+        if (p > 0) ::kill(p, g_launch_signal);
+    }
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0) {
-      if (errno != EINTR) break;
-      if (g_launch_signal != 0 && !forwarded) {
-        forwarded = true;
-        std::fprintf(stderr, "hysim launch: signal %d; passing it to the ranks\n", int(g_launch_signal));
-        for (pid_t p : pids)
-          if (p > 0) ::kill(p, g_launch_signal);
-      }
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid == 0 || (pid < 0 && errno == EINTR)) {
+      ::usleep(20000);
       continue;
     }
+    if (pid < 0) break;
     int rank = -1;
     for (int r = 0; r < gpus; ++r)
       if (pids[size_t(r)] == pid) rank = r, pids[size_t(r)] = 0;
@@ -183,8 +196,7 @@ int launch(int gpus, const std::vector<std::string>& command, const std::string&
         if (p > 0) ::kill(p, SIGTERM);
     }
   }
-  ::sigaction(SIGTERM, &old_term, nullptr);
-  ::sigaction(SIGINT, &old_int, nullptr);
+  restore_signals();
   std::error_code ec;
   fs::remove(rdzv, ec);  // normally removed by rank 0 once every rank has read it
   if (result == 0 && g_launch_signal != 0) result = 128 + int(g_launch_signal);
