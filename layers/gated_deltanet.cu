@@ -38,6 +38,7 @@ constexpr int kChunkThreads = 512;  // per-chunk kernels: 16 warps for the 16-24
 constexpr int kStateThreads = 128;  // the state passes
 constexpr int kStateCols = 32;      // value columns per block of a state pass
 constexpr int kMaxChunk = 64;       // the per-chunk kernels' shared memory plans (Olmo Hybrid and FLA use 64)
+static_assert(kMaxChunk <= 2 * kWarp, "load_gates scans a chunk with one warp, two values per lane");
 
 struct GdnDims {
   int Tn, H, Hv, dk, dv, C, NC;
@@ -150,7 +151,8 @@ __device__ __forceinline__ void publish() {
   __syncthreads();
 }
 
-// The chunk's gates: gam = cumsum(g) (in token order, as the CPU), beta, Gam = exp(gam),
+// The chunk's gates: gam = cumsum(g) (a warp's scan, L <= 64: one thread adding 64 values in
+// turn was ~1 us of every chunk step of the state passes), beta, Gam = exp(gam),
 // dend = exp(gam_{L-1} - gam). Publishes the caller's pending load_rows too; ends with a barrier.
 template <int Threads, class TG>
 __device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, const TG* g, const TG* beta, int64_t bt0,
@@ -160,8 +162,17 @@ __device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, cons
     if (bet) bet[i] = to_f32(beta[(bt0 + i) * Hv + hv]);
   }
   publish();  // also the callers' load_rows
-  if (threadIdx.x == 0)
-    for (int i = 1; i < L; ++i) gam[i] += gam[i - 1];
+  if (threadIdx.x < kWarp) {  // inclusive scan, two values per lane, in a fixed order
+    const int lane = int(threadIdx.x);
+    float a = lane < L ? gam[lane] : 0.f, b = lane + kWarp < L ? gam[lane + kWarp] : 0.f;
+    for (int off = 1; off < kWarp; off <<= 1) {
+      const float ua = __shfl_up_sync(0xffffffffu, a, off), ub = __shfl_up_sync(0xffffffffu, b, off);
+      if (lane >= off) a += ua, b += ub;
+    }
+    b += __shfl_sync(0xffffffffu, a, kWarp - 1);
+    if (lane < L) gam[lane] = a;
+    if (lane + kWarp < L) gam[lane + kWarp] = b;
+  }
   __syncthreads();
   for (int i = int(threadIdx.x); i < L; i += Threads) Gam[i] = expf(gam[i]), dend[i] = expf(gam[L - 1] - gam[i]);
   __syncthreads();
@@ -420,6 +431,10 @@ __global__ void __launch_bounds__(kChunkThreads)
 // Deterministic: every output element has one writer, sums run in a fixed order.
 
 // Shared memory of gdn_bwd_prepare_kernel (byte offsets) for dk, value tiles of bv, chunk C.
+// 8 warps and at most half an SM's shared memory: two blocks per SM, whose loads and
+// barriers interleave (one 16-warp block per SM left it idle at each).
+constexpr int kPrepThreads = 256;
+
 template <class E>
 struct GdnPrepLayout {
   int Cp, sk, sc, sv, ldf;
@@ -427,17 +442,19 @@ struct GdnPrepLayout {
   __host__ __device__ GdnPrepLayout(int dk, int bv, int C) {
     Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), ldf = mma_stride(C);
     SmemCarve m;
-    K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Kb = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk);
-    Tf = m.take<float>(C * ldf), tmp = m.take<float>(16 * ldf);
+    K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk);
     Tb = m.take<E>(Cp * sc), P = m.take<E>(Cp * sc);
+    SmemCarve wy = m;  // chunk_wy's scratch, dead once T and W are made: the value tiles reuse it
+    Kb = wy.take<E>(Cp * sk), Tf = wy.take<float>(C * ldf), tmp = wy.take<float>(16 * ldf);
     Vb = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), S = m.take<E>(round16(bv) * sk);
+    if (wy.bytes > m.bytes) m = wy;
     vec = m.take<float>(4 * Cp);
     total = m.bytes;
   }
 };
 
 template <class E, class TG>
-__global__ void __launch_bounds__(kChunkThreads)
+__global__ void __launch_bounds__(kPrepThreads, 2)
     gdn_bwd_prepare_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ delta,
                            E* __restrict__ d_delta, const E* __restrict__ q, const E* __restrict__ k,
                            const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
@@ -464,28 +481,28 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
   const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
-  load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_rows<kChunkThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  load_rows<kPrepThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kPrepThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_gates<kPrepThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
   // P = Q K^T o decay (lower); T and W (chunk_wy) to scratch for the other kernels.
-  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
+  smem_product<kPrepThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
     P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
   });
-  chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
-  store_rows<kChunkThreads>(t_inv + (head * d.NC + kc) * d.C * d.C, d.C, Tb, sc, L, L);
-  store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
+  chunk_wy<kPrepThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
+  store_rows<kPrepThreads>(t_inv + (head * d.NC + kc) * d.C * d.C, d.C, Tb, sc, L, L);
+  store_rows<kPrepThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
   // Per value tile: Delta = T diag(beta) V - W S^T and dDelta = P^T dOs.
   const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     const int64_t v_off = int64_t(hv) * d.dv + e0;
-    load_rows<kChunkThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, [&](int r) { return bet[r]; });
-    load_rows<kChunkThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + v_off, DV, L, nv, [&](int) { return scale; });
-    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kPrepThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, [&](int r) { return bet[r]; });
+    load_rows<kPrepThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + v_off, DV, L, nv, [&](int) { return scale; });
+    load_rows<kPrepThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
     publish();
     E* dl = delta + (head * d.Tn + t0) * d.dv + e0;
     E* ddl = d_delta + (head * d.Tn + t0) * d.dv + e0;
-    for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
+    for_each_tile<kPrepThreads>(L, nv, [&](int m0, int n0) {
       float u[2][4] = {}, ws[2][4] = {};
       warp_tile_mma(u, smem_op(Tb, sc), m0, smem_op_t(Vb, sv), n0, Cp);
       warp_tile_mma(ws, smem_op(W, sk), m0, smem_op(S, sk), n0, dkp);
@@ -495,7 +512,7 @@ __global__ void __launch_bounds__(kChunkThreads)
         for (int r = 0; r < 4; ++r) u[j][r] -= ws[j][r];
       store_tile(u, m0, n0, L, nv, [&](int r, int e, float x) { dl[int64_t(r) * d.dv + e] = from_f32<E>(x); });
     });
-    smem_product<kChunkThreads>(L, nv, Cp, smem_op_t(P, sc), smem_op_t(dO, sv), [&](int c, int e, float x) {
+    smem_product<kPrepThreads>(L, nv, Cp, smem_op_t(P, sc), smem_op_t(dO, sv), [&](int c, int e, float x) {
       ddl[int64_t(c) * d.dv + e] = from_f32<E>(x);
     });
     __syncthreads();
@@ -570,26 +587,67 @@ __global__ void __launch_bounds__(kStateThreads)
   }
 }
 
-// Shared memory of gdn_bwd_grads_kernel (byte offsets): K, Q; T, then P / dPd / dKK (PL);
-// value tiles S, dS, Delta, dDelta, dOs (then dRU); fp32 dK, dQ (then dRW), dP (then dA).
+// gdn_bwd_grads_kernel keeps its sums in registers: every 16 x 16 tile of dK and dQ ([Cp,
+// dkp]; dQ's registers later hold dRW) and every lower tile of dP ([Cp, Cp]; later dA)
+// belongs to one warp for the whole kernel, so the sums over the value tiles never touch
+// shared memory and two blocks fit on an SM (one 172 KB block of 16 warps with fp32
+// accumulators in shared memory left the SM idle at each load and barrier: 24% occupancy,
+// an instruction issued every 3.2 cycles). Warp w holds the dK and dQ tiles w + 8q (q < NQ:
+// a pair, which meets again in dK += diag(beta Gam) dRW) and the lower dP tiles w + 8p
+// (p < NP). NQ and NP are template parameters: a slot whose kind is known at compile time
+// inlines one product per phase; slots of any kind (a runtime switch per slot) inlined three
+// and the kernel stalled on instruction fetch.
+constexpr int kGradThreads = 256;
+constexpr int kGradWarps = kGradThreads / kWarp;
+
+// (dK/dQ pairs, dP tiles) per warp for dk and chunk C.
+inline int grad_pairs(int dk, int C) { return int(ceil_div((round16(C) / 16) * (round16(dk) / 16), kGradWarps)); }
+inline int grad_p_tiles(int C) {
+  const int tc = round16(C) / 16;
+  return int(ceil_div(tc * (tc + 1) / 2, kGradWarps));
+}
+constexpr int kMaxGradPairs = 5;  // the general instantiation: dk <= 160 at chunk 64 (3 serve dk <= 96)
+constexpr int kGradPTiles = 2;    // lower tiles of a 64 x 64 dP over 8 warps
+
+// The tile origin (m0, n0) packed in one register, or -1 where the warp has no tile.
+__device__ __forceinline__ int pack_tile(int m0, int n0) { return m0 << 16 | n0; }
+__device__ __forceinline__ int tile_m0(int t) { return t >> 16; }
+__device__ __forceinline__ int tile_n0(int t) { return t & 0xffff; }
+// Tile i of a [Cp, dkp] matrix, row by row; of the lower tiles of [Cp, Cp], row by row.
+__device__ __forceinline__ int qk_tile(int i, int Cp, int dkp) {
+  const int tn = dkp / 16;
+  return i < (Cp / 16) * tn ? pack_tile((i / tn) * 16, (i % tn) * 16) : -1;
+}
+__device__ __forceinline__ int lower_tile(int i, int Cp) {
+  int mi = 0;
+  while ((mi + 1) * (mi + 2) / 2 <= i) ++mi;
+  return mi < Cp / 16 ? pack_tile(mi * 16, (i - mi * (mi + 1) / 2) * 16) : -1;
+}
+
+// Shared memory of gdn_bwd_grads_kernel (byte offsets): K, Q; T; P / dPd, then dKK (PL);
+// value tiles S, dS, Delta, dDelta, dOs (then dRU), V, whose region holds the fp32 G = dP o P,
+// then dA o KKd, between the value loops; the per-tile row sums; the gate vectors.
 template <class E>
 struct GdnGradLayout {
-  int Cp, sk, sc, sv;
-  size_t K, Q, Tb, PL, S, dS, D, dD, dO, dKf, dQf, dPf, vec, total;
+  int Cp, sk, sc, sv, tn;
+  size_t K, Q, Tb, PL, S, dS, D, dD, dO, V, G, rows, vec, total;
   __host__ __device__ GdnGradLayout(int dk, int bv, int C) {
-    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv);
+    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), tn = round16(dk) / 16;
     SmemCarve m;
     K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Tb = m.take<E>(Cp * sc), PL = m.take<E>(Cp * sc);
+    SmemCarve g = m;
+    G = g.take<float>(Cp * sc);
     S = m.take<E>(round16(bv) * sk), dS = m.take<E>(round16(bv) * sk);
-    D = m.take<E>(Cp * sv), dD = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv);
-    dKf = m.take<float>(Cp * sk), dQf = m.take<float>(Cp * sk), dPf = m.take<float>(Cp * sc);
-    vec = m.take<float>(7 * Cp + 32);
+    D = m.take<E>(Cp * sv), dD = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), V = m.take<E>(Cp * sv);
+    if (g.bytes > m.bytes) m = g;
+    rows = m.take<float>(Cp * 2 * tn);
+    vec = m.take<float>(7 * Cp + kGradWarps);
     total = m.bytes;
   }
 };
 
-template <class E, class TG>
-__global__ void __launch_bounds__(kChunkThreads)
+template <class E, class TG, int NQ, int NP>
+__global__ void __launch_bounds__(kGradThreads, 2)
     gdn_bwd_grads_kernel(E* __restrict__ dq, E* __restrict__ dk_out, float* __restrict__ dq_heads,
                          float* __restrict__ dk_heads, E* __restrict__ dv_out, TG* __restrict__ dbeta,
                          TG* __restrict__ dg, const E* __restrict__ q, const E* __restrict__ k,
@@ -599,7 +657,7 @@ __global__ void __launch_bounds__(kChunkThreads)
                          GdnDims d, int bv, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   const GdnGradLayout<E> ly(d.dk, bv, d.C);
-  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp;
+  const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp, tn = ly.tn;
   E* K = reinterpret_cast<E*>(smem + ly.K);
   E* Q = reinterpret_cast<E*>(smem + ly.Q);
   E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
@@ -610,18 +668,15 @@ __global__ void __launch_bounds__(kChunkThreads)
   E* dD = reinterpret_cast<E*>(smem + ly.dD);
   E* dO = reinterpret_cast<E*>(smem + ly.dO);
   E* dRU = dO;
-  float* dKf = reinterpret_cast<float*>(smem + ly.dKf);
-  float* dQf = reinterpret_cast<float*>(smem + ly.dQf);
-  float* dRW = dQf;
-  float* dPf = reinterpret_cast<float*>(smem + ly.dPf);
-  float* dAf = dPf;
+  E* V = reinterpret_cast<E*>(smem + ly.V);
+  float* G = reinterpret_cast<float*>(smem + ly.G);
+  float* rows = reinterpret_cast<float*>(smem + ly.rows);  // [Cp, 2 tn]: row sums per tile column
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
   float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp, *dgam = dend + Cp, *dbet = dgam + Cp, *gtmp = dbet + Cp;
   float* red = gtmp + Cp;
 
   const int kc = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, dk = d.dk, dkp = round16(dk);
   const int tid = int(threadIdx.x), lane = tid % kWarp, warp = tid / kWarp;
-  constexpr int kWarps = kChunkThreads / kWarp;
   const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
   const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
@@ -629,164 +684,206 @@ __global__ void __launch_bounds__(kChunkThreads)
   const E* dss = d_states + (head * d.NC + kc) * d.dv * dk;
   const E* dl = delta + (head * d.Tn + t0) * d.dv;
   const E* ddl = d_delta + (head * d.Tn + t0) * d.dv;
-  load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_rows<kChunkThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
-  load_rows<kChunkThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
-  for (int i = tid; i < Cp * sk; i += kChunkThreads) dKf[i] = 0.f, dQf[i] = 0.f;
-  for (int i = tid; i < Cp * sc; i += kChunkThreads) dPf[i] = 0.f;
-  for (int i = tid; i < Cp; i += kChunkThreads) dgam[i] = 0.f, dbet[i] = 0.f;
-  load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  load_rows<kGradThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kGradThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kGradThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
+  for (int i = tid; i < Cp * sc; i += kGradThreads) PL[i] = from_f32<E>(0.f);  // its upper tiles stay zero
+  for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
+  load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
 
-  // Sums over the value tiles: dK = diag(dend) Delta dS, dQ = diag(Gam) dOs S, dP = dOs Delta^T, <S, dS>.
+  // This warp's tiles and their sums (dK, dQ then dRU S = -dRW, dP then dRU Delta^T = -dA).
+  int tq[NQ], tp[NP];
+  float ak[NQ][2][4], aq[NQ][2][4], ap[NP][2][4];
+  const auto zero = [](int, int, float& x, float&) { x = 0.f; };
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    tq[i] = qk_tile(warp + kGradWarps * i, Cp, dkp);
+    tile_zip(ak[i], ak[i], 0, 0, zero), tile_zip(aq[i], aq[i], 0, 0, zero);
+  }
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    tp[i] = lower_tile(warp + kGradWarps * i, Cp);
+    tile_zip(ap[i], ap[i], 0, 0, zero);
+  }
+
+  // Sums over the value tiles: dK = Delta dS, dQ = dOs S, dP = dOs Delta^T, <S, dS>.
   float ss = 0.f;
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
-    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kChunkThreads>(dS, sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kChunkThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
-    load_rows<kChunkThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
+    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(dS, sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
                             [&](int) { return scale; });
     publish();
-    smem_product<kChunkThreads>(L, dk, nvp, smem_op(D, sv), smem_op_t(dS, sk),
-                               [&](int r, int f, float acc) { dKf[r * sk + f] += dend[r] * acc; });
-    smem_product<kChunkThreads>(L, dk, nvp, smem_op(dO, sv), smem_op_t(S, sk),
-                               [&](int r, int f, float acc) { dQf[r * sk + f] += Gam[r] * acc; });
-    smem_product<kChunkThreads>(L, L, nvp, smem_op(dO, sv), smem_op(D, sv),
-                               [&](int i, int j, float acc) { dPf[i * sc + j] += acc; });
-    for (int i = tid; i < nvp * (dkp / 8); i += kChunkThreads) {  // the padding is zero
-      const int e = i / (dkp / 8), f = (i % (dkp / 8)) * 8;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) ss += to_f32(S[e * sk + f + j]) * to_f32(dS[e * sk + f + j]);
-    }
+    for (int i = 0; i < NQ; ++i)
+      if (tq[i] >= 0) {
+        warp_tile_mma2(ak[i], smem_op(D, sv), smem_op_t(dS, sk), aq[i], smem_op(dO, sv), smem_op_t(S, sk),
+                       tile_m0(tq[i]), tile_n0(tq[i]), nvp);
+      }
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+      if (tp[i] >= 0) warp_tile_mma(ap[i], smem_op(dO, sv), tile_m0(tp[i]), smem_op(D, sv), tile_n0(tp[i]), nvp);
+    for (int e = warp; e < nv; e += kGradWarps)
+      for (int f = lane; f < dk; f += kWarp) ss += to_f32(S[e * sk + f]) * to_f32(dS[e * sk + f]);
     __syncthreads();
   }
   ss = warp_sum(ss);
   if (lane == 0) red[warp] = ss;
-  // P = Q K^T o decay: G = dP o P into dP's place, dPd = dP o decay (lower) into PL.
-  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int i, int j, float qk) {
-    float pd = 0.f, gg = 0.f;
-    if (j <= i && i < L) {
-      const float dec = expf(gam[i] - gam[j]), dp = dPf[i * sc + j];
-      pd = dp * dec, gg = pd * qk;
+  // dK = diag(dend) Delta dS and dQ = diag(Gam) dOs S with their row sums of K o dK, Q o dQ;
+  // with P = Q K^T o decay: G = dP o P (in the value region, free now), dPd = dP o decay
+  // (lower) into PL.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i)
+    if (tq[i] >= 0) {
+      const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
+      tile_zip(ak[i], aq[i], m0, n0, [&](int m, int, float& x, float& y) {
+        x = m < L ? dend[m] * x : 0.f, y = m < L ? Gam[m] * y : 0.f;
+      });
+      tile_row_sums(ak[i], m0, n0, rows + n0 / 16, 2 * tn,
+                    [&](int m, int n, float x) { return to_f32(K[m * sk + n]) * x; });
+      tile_row_sums(aq[i], m0, n0, rows + tn + n0 / 16, 2 * tn,
+                    [&](int m, int n, float x) { return to_f32(Q[m * sk + n]) * x; });
     }
-    PL[i * sc + j] = from_f32<E>(pd);
-    dPf[i * sc + j] = gg;
-  });
+#pragma unroll
+  for (int i = 0; i < NP; ++i)
+    if (tp[i] >= 0) {
+      const int m0 = tile_m0(tp[i]), n0 = tile_n0(tp[i]);
+      float qk[2][4] = {};
+      warp_tile_mma(qk, smem_op(Q, sk), m0, smem_op(K, sk), n0, dkp);
+      tile_zip(ap[i], qk, m0, n0, [&](int r, int c, float& dp, float& x) {
+        float pd = 0.f, gg = 0.f;
+        if (c <= r && r < L) pd = dp * expf(gam[r] - gam[c]), gg = pd * x;
+        PL[r * sc + c] = from_f32<E>(pd);
+        G[r * sc + c] = gg;
+      });
+    }
   __syncthreads();
-  // g_end = rowsum(K o dK) (dK = diag(dend) Delta dS so far); dgam += rowsum(Q o dQ) +
-  // rowsum(G) - colsum(G) - g_end; dgam_{L-1} += Gam_{L-1} <S, dS> + sum g_end.
-  for (int i = warp; i < L; i += kWarps) {
-    float ge = 0.f, gq = 0.f, gs = 0.f;
-    for (int f = lane; f < dk; f += kWarp) ge += to_f32(K[i * sk + f]) * dKf[i * sk + f];
-    for (int f = lane; f < dk; f += kWarp) gq += to_f32(Q[i * sk + f]) * dQf[i * sk + f];
-    for (int j = lane; j <= i; j += kWarp) gs += dPf[i * sc + j];
-    for (int r = i + lane; r < L; r += kWarp) gs -= dPf[r * sc + i];
-    ge = warp_sum(ge), gq = warp_sum(gq), gs = warp_sum(gs);
-    if (lane == 0) gtmp[i] = ge, dgam[i] += gq + gs - ge;
+  // dgam += rowsum(Q o dQ) - rowsum(K o dK) + rowsum(G) - colsum(G);
+  // dgam_{L-1} += Gam_{L-1} <S, dS> + sum_i rowsum(K o dK)_i.
+  for (int i = warp; i < L; i += kGradWarps) {
+    float gs = 0.f;
+    for (int j = lane; j <= i; j += kWarp) gs += G[i * sc + j];
+    for (int r = i + lane; r < L; r += kWarp) gs -= G[r * sc + i];
+    gs = warp_sum(gs);
+    if (lane == 0) {
+      float ge = 0.f, gq = 0.f;
+      for (int c = 0; c < tn; ++c) ge += rows[i * 2 * tn + c], gq += rows[i * 2 * tn + tn + c];
+      gtmp[i] = ge, dgam[i] += gq + gs - ge;
+    }
   }
   __syncthreads();
   if (tid == 0) {
     float s = 0.f, ge = 0.f;
-    for (int w = 0; w < kWarps; ++w) s += red[w];
+    for (int w = 0; w < kGradWarps; ++w) s += red[w];
     for (int i = 0; i < L; ++i) ge += gtmp[i];
     dgam[L - 1] += Gam[L - 1] * s + ge;
   }
-  // dQ += dPd K; dK += dPd^T Q.
-  smem_product<kChunkThreads>(L, dk, Cp, smem_op(PL, sc), smem_op_t(K, sk),
-                             [&](int i, int f, float acc) { dQf[i * sk + f] += acc; });
-  smem_product<kChunkThreads>(L, dk, Cp, smem_op_t(PL, sc), smem_op_t(Q, sk),
-                             [&](int j, int f, float acc) { dKf[j * sk + f] += acc; });
-  __syncthreads();
-  // dq is complete: out, and its buffer becomes dRW; dP's becomes dA.
-  for (int i = tid; i < Cp * dkp; i += kChunkThreads) {
-    const int r = i / dkp, f = i % dkp;
-    if (r < L && f < dk) {
-      const float x = dQf[r * sk + f];
-      if (dq_heads)
-        dq_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
-      else
-        dq[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
+  // dQ += dPd K, dK += dPd^T Q; dq is complete: out. dQ's registers start dRU S, dP's dRU Delta^T.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i)
+    if (tq[i] >= 0) {
+      const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
+      warp_tile_mma2(ak[i], smem_op_t(PL, sc), smem_op_t(Q, sk), aq[i], smem_op(PL, sc), smem_op_t(K, sk), m0, n0, Cp);
+      store_tile(aq[i], m0, n0, L, dk, [&](int r, int f, float x) {
+        if (dq_heads)
+          dq_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
+        else
+          dq[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
+      });
+      tile_zip(aq[i], aq[i], 0, 0, zero);
     }
-    dQf[r * sk + f] = 0.f;
-  }
-  for (int i = tid; i < Cp * sc; i += kChunkThreads) dPf[i] = 0.f;
-  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < NP; ++i) tile_zip(ap[i], ap[i], 0, 0, zero);
+  __syncthreads();  // PL and G are read: the value region is free again
 
-  // Sums over the value tiles through dRU = T^T dDelta: dV = diag(beta) dRU, dRW = -dRU S,
-  // dA (before the sign and mask) = dRU Delta^T, dbeta += rowsum(dRU o V).
+  // Sums over the value tiles through dRU = T^T dDelta: dV = diag(beta) dRU, dRU S (= -dRW),
+  // dRU Delta^T (= -dA before the mask), dbeta += rowsum(dRU o V).
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     const int64_t v_off = int64_t(hv) * d.dv + e0;
-    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kChunkThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
-    load_rows<kChunkThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(V, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, Unit{});
     publish();
-    smem_product<kChunkThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float acc) {
+    smem_product<kGradThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float x) {
       const bool in = r < L && e < nv;
-      dRU[r * sv + e] = from_f32<E>(in ? acc : 0.f);
-      if (in) dv_out[(bt0 + r) * DV + v_off + e] = from_f32<E>(bet[r] * acc);
+      dRU[r * sv + e] = from_f32<E>(in ? x : 0.f);
+      if (in) dv_out[(bt0 + r) * DV + v_off + e] = from_f32<E>(bet[r] * x);
     });
     __syncthreads();
-    smem_product<kChunkThreads>(L, dk, nvp, smem_op(dRU, sv), smem_op_t(S, sk),
-                               [&](int r, int f, float acc) { dRW[r * sk + f] -= acc; });
-    smem_product<kChunkThreads>(L, L, nvp, smem_op(dRU, sv), smem_op(D, sv),
-                               [&](int i, int r, float acc) { dAf[i * sc + r] += acc; });
-    for (int i = warp; i < L; i += kWarps) {
+#pragma unroll
+    for (int i = 0; i < NQ; ++i)
+      if (tq[i] >= 0) warp_tile_mma(aq[i], smem_op(dRU, sv), tile_m0(tq[i]), smem_op_t(S, sk), tile_n0(tq[i]), nvp);
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+      if (tp[i] >= 0) warp_tile_mma(ap[i], smem_op(dRU, sv), tile_m0(tp[i]), smem_op(D, sv), tile_n0(tp[i]), nvp);
+    for (int i = warp; i < L; i += kGradWarps) {
       float tv = 0.f;
-      for (int e = lane; e < nv; e += kWarp) tv += to_f32(dRU[i * sv + e]) * to_f32(v[(bt0 + i) * DV + v_off + e]);
+      for (int e = lane; e < nv; e += kWarp) tv += to_f32(dRU[i * sv + e]) * to_f32(V[i * sv + e]);
       tv = warp_sum(tv);
       if (lane == 0) dbet[i] += tv;
     }
     __syncthreads();
   }
-  // dbeta += Gam rowsum(dRW o K); dgam += beta Gam rowsum(dRW o K); dK += diag(beta Gam) dRW.
-  for (int i = warp; i < L; i += kWarps) {
-    float tw = 0.f;
-    for (int f = lane; f < dk; f += kWarp) tw += dRW[i * sk + f] * to_f32(K[i * sk + f]);
-    tw = warp_sum(tw);
-    if (lane == 0) dbet[i] += Gam[i] * tw, dgam[i] += bet[i] * Gam[i] * tw;
-  }
-  for (int i = tid; i < L * dk; i += kChunkThreads) {
-    const int r = i / dk, f = i % dk;
-    dKf[r * sk + f] += bet[r] * Gam[r] * dRW[r * sk + f];
-  }
-  __syncthreads();
-  // dA = -strictly_lower(dRU Delta^T); with KKd = K K^T o decay: G = dA o KKd into dA's place,
-  // dKK = diag(beta) (dA o decay) into PL.
-  smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(K, sk), smem_op(K, sk), [&](int i, int j, float kk) {
-    float dkk = 0.f, gg = 0.f;
-    if (j < i && i < L) {
-      const float dec = expf(gam[i] - gam[j]), da = -dAf[i * sc + j];
-      dkk = bet[i] * da * dec, gg = da * kk * dec;
+  // dRW = -(dRU S): row sums of dRW o K; dK += diag(beta Gam) dRW. dA = -strictly_lower(dRU
+  // Delta^T); with KKd = K K^T o decay: G = dA o KKd, dKK = diag(beta) (dA o decay) into PL.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i)
+    if (tq[i] >= 0) {
+      const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
+      tile_row_sums(aq[i], m0, n0, rows + n0 / 16, 2 * tn,
+                    [&](int m, int n, float x) { return -x * to_f32(K[m * sk + n]); });
+      tile_zip(ak[i], aq[i], m0, n0, [&](int m, int, float& x, float& ru_s) {
+        if (m < L) x -= bet[m] * Gam[m] * ru_s;
+      });
     }
-    PL[i * sc + j] = from_f32<E>(dkk);
-    dAf[i * sc + j] = gg;
-  });
+#pragma unroll
+  for (int i = 0; i < NP; ++i)
+    if (tp[i] >= 0) {
+      const int m0 = tile_m0(tp[i]), n0 = tile_n0(tp[i]);
+      float kk[2][4] = {};
+      warp_tile_mma(kk, smem_op(K, sk), m0, smem_op(K, sk), n0, dkp);
+      tile_zip(ap[i], kk, m0, n0, [&](int r, int c, float& ru_d, float& x) {
+        float dkk = 0.f, gg = 0.f;
+        if (c < r && r < L) {
+          const float da = -ru_d, dec = expf(gam[r] - gam[c]);
+          dkk = bet[r] * da * dec, gg = da * x * dec;
+        }
+        PL[r * sc + c] = from_f32<E>(dkk);
+        G[r * sc + c] = gg;
+      });
+    }
   __syncthreads();
-  // A = strictly_lower(diag(beta) KKd): dbeta += rowsum(G); dgam += beta rowsum(G) - colsum(diag(beta) G).
-  for (int i = warp; i < L; i += kWarps) {
+  // dbeta += Gam rowsum(dRW o K) + rowsum(G); dgam += beta Gam rowsum(dRW o K) + beta rowsum(G)
+  // - colsum(diag(beta) G)   (A = strictly_lower(diag(beta) KKd)).
+  for (int i = warp; i < L; i += kGradWarps) {
     float sb = 0.f, sc_ = 0.f;
-    for (int j = lane; j < i; j += kWarp) sb += dAf[i * sc + j];
-    for (int r = i + 1 + lane; r < L; r += kWarp) sc_ += bet[r] * dAf[r * sc + i];
+    for (int j = lane; j < i; j += kWarp) sb += G[i * sc + j];
+    for (int r = i + 1 + lane; r < L; r += kWarp) sc_ += bet[r] * G[r * sc + i];
     sb = warp_sum(sb), sc_ = warp_sum(sc_);
-    if (lane == 0) dbet[i] += sb, dgam[i] += bet[i] * sb - sc_;
+    if (lane == 0) {
+      float tw = 0.f;
+      for (int c = 0; c < tn; ++c) tw += rows[i * 2 * tn + c];
+      dbet[i] += Gam[i] * tw + sb, dgam[i] += bet[i] * Gam[i] * tw + bet[i] * sb - sc_;
+    }
   }
-  // dK += (dKK + dKK^T) K.
-  for_each_tile<kChunkThreads>(L, dk, [&](int m0, int n0) {
-    float acc[2][4] = {};
-    warp_tile_mma(acc, smem_op(PL, sc), m0, smem_op_t(K, sk), n0, Cp);
-    warp_tile_mma(acc, smem_op_t(PL, sc), m0, smem_op_t(K, sk), n0, Cp);
-    store_tile(acc, m0, n0, L, dk, [&](int i, int f, float x) { dKf[i * sk + f] += x; });
-  });
+  // dK += (dKK + dKK^T) K; dk is complete: out.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i)
+    if (tq[i] >= 0) {
+      const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
+      warp_tile_mma2(ak[i], smem_op(PL, sc), smem_op_t(K, sk), ak[i], smem_op_t(PL, sc), smem_op_t(K, sk), m0, n0, Cp);
+      store_tile(ak[i], m0, n0, L, dk, [&](int r, int f, float x) {
+        if (dk_heads)
+          dk_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
+        else
+          dk_out[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
+      });
+    }
   __syncthreads();
-  for (int i = tid; i < L * dk; i += kChunkThreads) {
-    const int r = i / dk, f = i % dk;
-    const float x = dKf[r * sk + f];
-    if (dk_heads)
-      dk_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
-    else
-      dk_out[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
-  }
   // dg = reverse cumulative sum of dgam over the chunk (gam = cumsum(g)).
   if (tid == 0) {
     float run = 0.f;
@@ -829,14 +926,16 @@ void check_core(const char* fn, const GdnConfig& c, int64_t B, int64_t Tn) {
     throw std::invalid_argument(shape_str(std::string(fn) + ": too large; B, Tn, Hv", B, Tn, c.n_v_heads));
 }
 
-// Value-tile width of a per-chunk kernel: the widest of 64, 32, 16 columns whose
-// shared memory fits the device; throws naming the need when none does.
+// Value-tile width of a per-chunk kernel: the widest of 64, 32, 16 columns whose shared
+// memory fits `budget` (> 0: e.g. half an SM's, for two blocks per SM), else the widest that
+// fits the device; throws naming the need when none does.
 template <class Layout>
-int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const char* kernel) {
-  for (int bv : {64, 32, 16}) {
-    const int w = std::min(bv, round16(d.dv));
-    if (Layout(d.dk, w, d.C).total <= size_t(max_smem)) return w;
-  }
+int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const char* kernel, int budget = 0) {
+  for (int limit : {budget, max_smem})
+    for (int bv : {64, 32, 16}) {
+      const int w = std::min(bv, round16(d.dv));
+      if (limit > 0 && Layout(d.dk, w, d.C).total <= size_t(limit)) return w;
+    }
   throw std::invalid_argument(shapes + ": " + kernel + " needs " + std::to_string(Layout(d.dk, 16, d.C).total) +
                               " bytes of shared memory per block even at 16 value columns, more than the device's " +
                               std::to_string(max_smem));
@@ -856,6 +955,13 @@ int max_smem_per_block(const Context& ctx, const std::string& shapes) {
   int max_smem = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device), shapes);
   return max_smem;
+}
+
+// Shared memory per block with which two blocks fit on one SM (each block reserves 1 KB).
+int half_sm_smem(const Context& ctx, const std::string& shapes) {
+  int per_sm = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, ctx.device), shapes);
+  return per_sm / 2 - 1024;
 }
 
 template <class T, class TG>
@@ -902,14 +1008,23 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const std::string shapes = shape_str("gdn_chunk_backward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
                                        c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
   const int max_smem = max_smem_per_block(ctx, shapes);
-  const int bv_prep = value_tile<GdnPrepLayout<T>>(d, max_smem, shapes, "gdn_bwd_prepare_kernel");
-  const int bv_grad = value_tile<GdnGradLayout<T>>(d, max_smem, shapes, "gdn_bwd_grads_kernel");
+  const int bv_prep = value_tile<GdnPrepLayout<T>>(d, max_smem, shapes, "gdn_bwd_prepare_kernel",
+                                                   half_sm_smem(ctx, shapes));
+  const int pairs = grad_pairs(d.dk, d.C);
+  if (pairs > kMaxGradPairs || grad_p_tiles(d.C) > kGradPTiles)
+    throw std::invalid_argument(shapes + ": gdn_bwd_grads_kernel holds dK and dQ in " +
+                                std::to_string(kMaxGradPairs) + " register tile pairs per warp at most (d_head_k <= " +
+                                "160 at chunk 64); this d_head_k and chunk_size need " + std::to_string(pairs));
+  const int bv_grad = value_tile<GdnGradLayout<T>>(d, max_smem, shapes, "gdn_bwd_grads_kernel",
+                                                   half_sm_smem(ctx, shapes));
   const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total;
   const size_t smem_state = GdnBwdStateLayout<T>(d.dk, d.C).total;
   const size_t smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
   set_smem(gdn_bwd_prepare_kernel<T, TG>, smem_prep, max_smem, shapes, "gdn_bwd_prepare_kernel");
   set_smem(gdn_bwd_state_kernel<T, TG>, smem_state, max_smem, shapes, "gdn_bwd_state_kernel");
-  set_smem(gdn_bwd_grads_kernel<T, TG>, smem_grad, max_smem, shapes, "gdn_bwd_grads_kernel");
+  auto grads_kernel = pairs <= 3 ? gdn_bwd_grads_kernel<T, TG, 3, kGradPTiles>
+                                 : gdn_bwd_grads_kernel<T, TG, kMaxGradPairs, kGradPTiles>;
+  set_smem(grads_kernel, smem_grad, max_smem, shapes, "gdn_bwd_grads_kernel");
 
   ArenaScope scope(ctx.scratch);
   const int64_t heads = B * c.n_v_heads, NC = d.NC, C = d.C;
@@ -924,14 +1039,14 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
 
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
   const dim3 per_chunk(unsigned(NC), unsigned(c.n_v_heads), unsigned(B));
-  gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kChunkThreads, smem_prep, ctx.stream>>>(
+  gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kPrepThreads, smem_prep, ctx.stream>>>(
       t_inv, w, delta, d_delta, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_prepare_kernel", shapes);
   gdn_bwd_state_kernel<T, TG>
       <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
          ctx.stream>>>(d_states, d_delta, q, k, w, g, d_o, d, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_state_kernel", shapes);
-  gdn_bwd_grads_kernel<T, TG><<<per_chunk, kChunkThreads, smem_grad, ctx.stream>>>(
+  grads_kernel<<<per_chunk, kGradThreads, smem_grad, ctx.stream>>>(
       dq, dk, dq_heads, dk_heads, dv, dbeta, dg, q, k, v, beta, g, d_o, chunk_states, t_inv, delta, d_delta, d_states,
       d, bv_grad, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_grads_kernel", shapes);

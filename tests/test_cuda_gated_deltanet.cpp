@@ -275,6 +275,7 @@ TEST_CASE("gdn chunked backward CUDA bf16 storage matches the CPU") {
   check_gdn_backward<bf16>(3, 128, 12, 12, 96, 192, 64, 18);
   check_gdn_backward<bf16>(1, 100, 1, 2, 16, 50, 64, 19);  // ragged value slices and mma tiles
   check_gdn_backward<bf16>(1, 40, 2, 4, 16, 32, 16, 20);   // small chunks
+  check_gdn_backward<bf16>(1, 192, 2, 2, 128, 64, 64, 21);  // dk 128: the grads kernel's 12-slot variant
 }
 
 TEST_CASE("gdn layer CUDA (projections, conv, L2 norm, beta/g, core, gated RMSNorm) matches the CPU layer") {

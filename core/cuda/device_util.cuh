@@ -275,6 +275,39 @@ __device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOper
     }
 }
 
+// Two tile products over the same tile and K in one k loop: acc1 += a1 b1^T, acc2 += a2 b2^T
+// (acc1 and acc2 may be the same tile). One loop body instead of two (kernels that hold
+// many tiles in registers stall on instruction fetch) and twice the independent mma per step.
+template <bool KA1, bool KB1, bool KA2, bool KB2>
+__device__ __forceinline__ void warp_tile_mma2(float (&acc1)[2][4], const SmemOperand<__nv_bfloat16, KA1>& a1,
+                                               const SmemOperand<__nv_bfloat16, KB1>& b1, float (&acc2)[2][4],
+                                               const SmemOperand<__nv_bfloat16, KA2>& a2,
+                                               const SmemOperand<__nv_bfloat16, KB2>& b2, int m0, int n0, int K) {
+  const __nv_bfloat16 *pa1 = fragment_base(a1, m0), *pb1 = fragment_base(b1, n0);
+  const __nv_bfloat16 *pa2 = fragment_base(a2, m0), *pb2 = fragment_base(b2, n0);
+  const int sa1 = KA1 ? 16 : 16 * a1.ld, sb1 = KB1 ? 16 : 16 * b1.ld;
+  const int sa2 = KA2 ? 16 : 16 * a2.ld, sb2 = KB2 ? 16 : 16 * b2.ld;
+  for (int k0 = 0; k0 < K; k0 += 16, pa1 += sa1, pb1 += sb1, pa2 += sa2, pb2 += sb2) {
+    uint32_t fa1[4], fb1[4], fa2[4], fb2[4];
+    ldmatrix_x4<!KA1>(fa1, pa1);
+    ldmatrix_x4<!KB1>(fb1, pb1);
+    ldmatrix_x4<!KA2>(fa2, pa2);
+    ldmatrix_x4<!KB2>(fb2, pb2);
+    mma_bf16(acc1[0], fa1, fb1[0], fb1[2]);
+    mma_bf16(acc1[1], fa1, fb1[1], fb1[3]);
+    mma_bf16(acc2[0], fa2, fb2[0], fb2[2]);
+    mma_bf16(acc2[1], fa2, fb2[1], fb2[3]);
+  }
+}
+template <bool KA1, bool KB1, bool KA2, bool KB2>
+__device__ __forceinline__ void warp_tile_mma2(float (&acc1)[2][4], const SmemOperand<float, KA1>& a1,
+                                               const SmemOperand<float, KB1>& b1, float (&acc2)[2][4],
+                                               const SmemOperand<float, KA2>& a2, const SmemOperand<float, KB2>& b2,
+                                               int m0, int n0, int K) {
+  warp_tile_mma(acc1, a1, m0, b1, n0, K);
+  warp_tile_mma(acc2, a2, m0, b2, n0, K);
+}
+
 // out(m, n, acc) for the tile's elements inside M x N.
 template <class F>
 __device__ __forceinline__ void store_tile(const float (&acc)[2][4], int m0, int n0, int M, int N, F out) {
@@ -286,6 +319,39 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][4], int m0, int
       const int m = m0 + g + 8 * (r / 2), n = n0 + 8 * j + 2 * t + r % 2;
       if (m < M && n < N) out(m, n, acc[j][r]);
     }
+}
+
+// f(m, n, a, b) with a, b references to element (m, n) of two tiles held the same way, for
+// every element of the tile (the caller masks rows and columns): in-place elementwise work on
+// accumulators kept in registers, e.g. combining a product with the sum at the same place.
+template <class F>
+__device__ __forceinline__ void tile_zip(float (&a)[2][4], float (&b)[2][4], int m0, int n0, F f) {
+  const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) f(m0 + g + 8 * (r / 2), n0 + 8 * j + 2 * t + r % 2, a[j][r], b[j][r]);
+}
+
+// out[m * ld] = sum over the tile's 16 columns of f(m, n, x), for its 16 rows m0.. (warp-wide;
+// out points at the caller's column for this tile, so that each entry has one writer and a
+// later pass can add a row's tiles in a fixed order: deterministic row sums of a matrix that
+// lives in registers spread over warps).
+template <class F>
+__device__ __forceinline__ void tile_row_sums(const float (&acc)[2][4], int m0, int n0, float* out, int ld, F f) {
+  const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
+  float lo = 0.f, hi = 0.f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float x = f(m0 + g + 8 * (r / 2), n0 + 8 * j + 2 * t + r % 2, acc[j][r]);
+      if (r < 2) lo += x; else hi += x;
+    }
+  // the four lanes of a row (t = 0..3), butterfly: the same order on every run
+  lo += __shfl_xor_sync(0xffffffffu, lo, 1), hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+  lo += __shfl_xor_sync(0xffffffffu, lo, 2), hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+  if (t == 0) out[(m0 + g) * ld] = lo, out[(m0 + g + 8) * ld] = hi;
 }
 
 // fn(m0, n0) warp-wide for every 16 x 16 tile of an M x N output, tiles spread over the
