@@ -691,6 +691,16 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
   load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
 
+  // A finished dq / dk tile out: in fp32 per value head under GQA (summed over the group by
+  // gdn_group_sum_kernel), else in place.
+  const auto store_qk = [&](const float (&acc)[2][4], int m0, int n0, E* out, float* out_heads) {
+    store_tile(acc, m0, n0, L, dk, [&](int r, int f, float x) {
+      if (out_heads)
+        out_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
+      else
+        out[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
+    });
+  };
   // This warp's tiles and their sums (dK, dQ then dRU S = -dRW, dP then dRU Delta^T = -dA).
   int tq[NQ], tp[NP];
   float ak[NQ][2][4], aq[NQ][2][4], ap[NP][2][4];
@@ -705,6 +715,23 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     tp[i] = lower_tile(warp + kGradWarps * i, Cp);
     tile_zip(ap[i], ap[i], 0, 0, zero);
   }
+
+  // For each of this warp's lower tiles: the product X K^T (over dk) beside the tile's sum;
+  // f(r, c, sum, product) -> (PL value, G value), into PL (storage type) and G (fp32).
+  const auto lower_tiles_to_pl_g = [&](const E* X, auto f) {
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+      if (tp[i] >= 0) {
+        const int m0 = tile_m0(tp[i]), n0 = tile_n0(tp[i]);
+        float prod[2][4] = {};
+        warp_tile_mma(prod, smem_op(X, sk), m0, smem_op(K, sk), n0, dkp);
+        tile_zip(ap[i], prod, m0, n0, [&](int r, int c, float& sum, float& x) {
+          const float2 pg = f(r, c, sum, x);
+          PL[r * sc + c] = from_f32<E>(pg.x);
+          G[r * sc + c] = pg.y;
+        });
+      }
+  };
 
   // Sums over the value tiles: dK = Delta dS, dQ = dOs S, dP = dOs Delta^T, <S, dS>.
   float ss = 0.f;
@@ -746,19 +773,11 @@ __global__ void __launch_bounds__(kGradThreads, 2)
       tile_row_sums(aq[i], m0, n0, rows + tn + n0 / 16, 2 * tn,
                     [&](int m, int n, float x) { return to_f32(Q[m * sk + n]) * x; });
     }
-#pragma unroll
-  for (int i = 0; i < NP; ++i)
-    if (tp[i] >= 0) {
-      const int m0 = tile_m0(tp[i]), n0 = tile_n0(tp[i]);
-      float qk[2][4] = {};
-      warp_tile_mma(qk, smem_op(Q, sk), m0, smem_op(K, sk), n0, dkp);
-      tile_zip(ap[i], qk, m0, n0, [&](int r, int c, float& dp, float& x) {
-        float pd = 0.f, gg = 0.f;
-        if (c <= r && r < L) pd = dp * expf(gam[r] - gam[c]), gg = pd * x;
-        PL[r * sc + c] = from_f32<E>(pd);
-        G[r * sc + c] = gg;
-      });
-    }
+  lower_tiles_to_pl_g(Q, [&](int r, int c, float dp, float qk) {
+    float pd = 0.f, gg = 0.f;
+    if (c <= r && r < L) pd = dp * expf(gam[r] - gam[c]), gg = pd * qk;
+    return make_float2(pd, gg);
+  });
   __syncthreads();
   // dgam += rowsum(Q o dQ) - rowsum(K o dK) + rowsum(G) - colsum(G);
   // dgam_{L-1} += Gam_{L-1} <S, dS> + sum_i rowsum(K o dK)_i.
@@ -786,12 +805,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     if (tq[i] >= 0) {
       const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
       warp_tile_mma2(ak[i], smem_op_t(PL, sc), smem_op_t(Q, sk), aq[i], smem_op(PL, sc), smem_op_t(K, sk), m0, n0, Cp);
-      store_tile(aq[i], m0, n0, L, dk, [&](int r, int f, float x) {
-        if (dq_heads)
-          dq_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
-        else
-          dq[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
-      });
+      store_qk(aq[i], m0, n0, dq, dq_heads);
       tile_zip(aq[i], aq[i], 0, 0, zero);
     }
 #pragma unroll
@@ -840,22 +854,14 @@ __global__ void __launch_bounds__(kGradThreads, 2)
         if (m < L) x -= bet[m] * Gam[m] * ru_s;
       });
     }
-#pragma unroll
-  for (int i = 0; i < NP; ++i)
-    if (tp[i] >= 0) {
-      const int m0 = tile_m0(tp[i]), n0 = tile_n0(tp[i]);
-      float kk[2][4] = {};
-      warp_tile_mma(kk, smem_op(K, sk), m0, smem_op(K, sk), n0, dkp);
-      tile_zip(ap[i], kk, m0, n0, [&](int r, int c, float& ru_d, float& x) {
-        float dkk = 0.f, gg = 0.f;
-        if (c < r && r < L) {
-          const float da = -ru_d, dec = expf(gam[r] - gam[c]);
-          dkk = bet[r] * da * dec, gg = da * x * dec;
-        }
-        PL[r * sc + c] = from_f32<E>(dkk);
-        G[r * sc + c] = gg;
-      });
+  lower_tiles_to_pl_g(K, [&](int r, int c, float ru_d, float kk) {
+    float dkk = 0.f, gg = 0.f;
+    if (c < r && r < L) {
+      const float da = -ru_d, dec = expf(gam[r] - gam[c]);
+      dkk = bet[r] * da * dec, gg = da * kk * dec;
     }
+    return make_float2(dkk, gg);
+  });
   __syncthreads();
   // dbeta += Gam rowsum(dRW o K) + rowsum(G); dgam += beta Gam rowsum(dRW o K) + beta rowsum(G)
   // - colsum(diag(beta) G)   (A = strictly_lower(diag(beta) KKd)).
@@ -876,12 +882,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     if (tq[i] >= 0) {
       const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
       warp_tile_mma2(ak[i], smem_op(PL, sc), smem_op_t(K, sk), ak[i], smem_op_t(PL, sc), smem_op_t(K, sk), m0, n0, Cp);
-      store_tile(ak[i], m0, n0, L, dk, [&](int r, int f, float x) {
-        if (dk_heads)
-          dk_heads[((bt0 + r) * d.Hv + hv) * dk + f] = x;
-        else
-          dk_out[(bt0 + r) * QK + qk_off + f] = from_f32<E>(x);
-      });
+      store_qk(ak[i], m0, n0, dk_out, dk_heads);
     }
   __syncthreads();
   // dg = reverse cumulative sum of dgam over the chunk (gam = cumsum(g)).

@@ -14,7 +14,7 @@ shape. Its forward and gradients are first compared on a short problem with the 
 peer above (autograd through it for the gradients), so the #640 guard bypass (see
 peer_common.fla_bypass_hopper_guard) shows how wrong its gradients are on this Triton.
 
-    PYTHONPATH=.peer python3 bench/gpu/gdn_peer.py [--ours FILE] [--skip-fla]   (FILE: bench_gpu_gdn's output)
+    PYTHONPATH=.peer python3 bench/gpu/gdn_peer.py [--ours FILE] [--skip-fla | --skip-torch]   (FILE: bench_gpu_gdn's output)
 """
 import argparse
 import time
@@ -92,9 +92,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours")
     ap.add_argument("--skip-fla", action="store_true", help="only the PyTorch peers")
+    ap.add_argument("--skip-torch", action="store_true", help="only the FLA peer (no PyTorch chunked peers)")
     args = ap.parse_args()
     ours = read_ours(args.ours)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    if args.skip_torch:
+        fla_peer(ours)
+        return
     torch.manual_seed(0)
     x = inputs(1, 2, 128, 32, 48, torch.float64)
     ref, got = gdn_recurrent(*x), gdn_chunk_forward(*x)
