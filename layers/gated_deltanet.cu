@@ -282,16 +282,18 @@ __global__ void __launch_bounds__(kChunkThreads)
   }
 }
 
-// Shared memory of gdn_fwd_state_kernel (byte offsets).
+// Shared memory of the state passes (byte offsets): the fp32 state slice S (dS backward) and
+// its product operand Sb, then K, `tiles` [Cp, dk] operand matrices M (forward: W; backward:
+// Q then W) and `tiles` [Cp, 32] value tiles X.
 template <class E>
-struct GdnFwdStateLayout {
+struct GdnStatePassLayout {
   int Cp, sk, sx;
-  size_t S, Sb, K, W, X, vec, total;
-  __host__ __device__ GdnFwdStateLayout(int dk, int C) {
+  size_t S, Sb, K, M, X, vec, total;
+  __host__ __device__ GdnStatePassLayout(int dk, int C, int tiles) {
     Cp = round16(C), sk = tile_stride(dk), sx = tile_stride(kStateCols);
     SmemCarve m;
     S = m.take<float>(kStateCols * sk), Sb = m.take<E>(kStateCols * sk);
-    K = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk), X = m.take<E>(Cp * sx);
+    K = m.take<E>(Cp * sk), M = m.take<E>(tiles * Cp * sk), X = m.take<E>(tiles * Cp * sx);
     vec = m.take<float>(3 * Cp);
     total = m.bytes;
   }
@@ -304,12 +306,12 @@ __global__ void __launch_bounds__(kStateThreads)
     gdn_fwd_state_kernel(E* __restrict__ chunk_states, E* __restrict__ ud, const E* __restrict__ k,
                          const E* __restrict__ w, const TG* __restrict__ g, GdnDims d) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const GdnFwdStateLayout<E> ly(d.dk, d.C);
+  const GdnStatePassLayout<E> ly(d.dk, d.C, 1);
   const int sk = ly.sk, sx = ly.sx, Cp = ly.Cp;
   float* S = reinterpret_cast<float*>(smem + ly.S);
   E* Sb = reinterpret_cast<E*>(smem + ly.Sb);
   E* K = reinterpret_cast<E*>(smem + ly.K);
-  E* W = reinterpret_cast<E*>(smem + ly.W);
+  E* W = reinterpret_cast<E*>(smem + ly.M);
   E* X = reinterpret_cast<E*>(smem + ly.X);  // U, then diag(dend) Delta
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
   float *Gam = gam + Cp, *dend = Gam + Cp;
@@ -519,33 +521,18 @@ __global__ void __launch_bounds__(kPrepThreads, 2)
   }
 }
 
-// Shared memory of gdn_bwd_state_kernel (byte offsets).
-template <class E>
-struct GdnBwdStateLayout {
-  int Cp, sk, sx;
-  size_t dS, dSb, K, QW, X, vec, total;
-  __host__ __device__ GdnBwdStateLayout(int dk, int C) {
-    Cp = round16(C), sk = tile_stride(dk), sx = tile_stride(kStateCols);
-    SmemCarve m;
-    dS = m.take<float>(kStateCols * sk), dSb = m.take<E>(kStateCols * sk);
-    K = m.take<E>(Cp * sk), QW = m.take<E>(2 * Cp * sk), X = m.take<E>(2 * Cp * sx);
-    vec = m.take<float>(3 * Cp);
-    total = m.bytes;
-  }
-};
-
 template <class E, class TG>
 __global__ void __launch_bounds__(kStateThreads)
     gdn_bwd_state_kernel(E* __restrict__ d_states, E* __restrict__ d_delta, const E* __restrict__ q,
                          const E* __restrict__ k, const E* __restrict__ w, const TG* __restrict__ g,
                          const E* __restrict__ d_o, GdnDims d, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const GdnBwdStateLayout<E> ly(d.dk, d.C);
+  const GdnStatePassLayout<E> ly(d.dk, d.C, 2);
   const int sk = ly.sk, sx = ly.sx, Cp = ly.Cp;
-  float* dS = reinterpret_cast<float*>(smem + ly.dS);
-  E* dSb = reinterpret_cast<E*>(smem + ly.dSb);
+  float* dS = reinterpret_cast<float*>(smem + ly.S);
+  E* dSb = reinterpret_cast<E*>(smem + ly.Sb);
   E* K = reinterpret_cast<E*>(smem + ly.K);
-  E* QW = reinterpret_cast<E*>(smem + ly.QW);  // Q rows [0, Cp), W rows [Cp, 2 Cp)
+  E* QW = reinterpret_cast<E*>(smem + ly.M);  // Q rows [0, Cp), W rows [Cp, 2 Cp)
   E* X = reinterpret_cast<E*>(smem + ly.X);    // Gam dOs rows [0, Cp), -dDelta rows [Cp, 2 Cp)
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
   float *Gam = gam + Cp, *dend = Gam + Cp;
@@ -976,7 +963,7 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   const int max_smem = max_smem_per_block(ctx, shapes);
   const int bv_wy = value_tile<GdnWyLayout<T>>(d, max_smem, shapes, "gdn_fwd_wy_kernel");
   const int bv_out = value_tile<GdnOutLayout<T>>(d, max_smem, shapes, "gdn_fwd_output_kernel");
-  const size_t smem_wy = GdnWyLayout<T>(d.dk, bv_wy, d.C).total, smem_state = GdnFwdStateLayout<T>(d.dk, d.C).total,
+  const size_t smem_wy = GdnWyLayout<T>(d.dk, bv_wy, d.C).total, smem_state = GdnStatePassLayout<T>(d.dk, d.C, 1).total,
                smem_out = GdnOutLayout<T>(d.dk, bv_out, d.C).total;
   set_smem(gdn_fwd_wy_kernel<T, TG>, smem_wy, max_smem, shapes, "gdn_fwd_wy_kernel");
   set_smem(gdn_fwd_state_kernel<T, TG>, smem_state, max_smem, shapes, "gdn_fwd_state_kernel");
@@ -1019,7 +1006,7 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const int bv_grad = value_tile<GdnGradLayout<T>>(d, max_smem, shapes, "gdn_bwd_grads_kernel",
                                                    half_sm_smem(ctx, shapes));
   const size_t smem_prep = GdnPrepLayout<T>(d.dk, bv_prep, d.C).total;
-  const size_t smem_state = GdnBwdStateLayout<T>(d.dk, d.C).total;
+  const size_t smem_state = GdnStatePassLayout<T>(d.dk, d.C, 2).total;
   const size_t smem_grad = GdnGradLayout<T>(d.dk, bv_grad, d.C).total;
   set_smem(gdn_bwd_prepare_kernel<T, TG>, smem_prep, max_smem, shapes, "gdn_bwd_prepare_kernel");
   set_smem(gdn_bwd_state_kernel<T, TG>, smem_state, max_smem, shapes, "gdn_bwd_state_kernel");
