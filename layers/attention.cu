@@ -64,7 +64,7 @@ template <int DH> __device__ void load_tile(bf16* s, const bf16* __restrict__ g,
 
 // The same tile by cp.async (16 bytes per copy, no registers on the way): the copies run
 // while the warps compute on the other buffer. Rows past the sequence are zero-filled (a
-// source size of 0; the address stays in bounds). Complete with cp_async_wait<n>().
+// source size of 0; the address stays in bounds). Complete with cp_async_wait<n>() (core/cuda/device_util.cuh).
 template <int DH> __device__ void load_tile_async(bf16* s, const bf16* __restrict__ g, int64_t stride, int valid) {
   constexpr int kChunks = DH / 8;
   for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
@@ -74,9 +74,6 @@ template <int DH> __device__ void load_tile_async(bf16* s, const bf16* __restric
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(r < valid ? 16 : 0));
   }
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Wait until at most n committed groups of this thread are still in flight.
-template <int n> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n)); }
 
 // ---- forward: register-level tiles (mma.sync m16n8k16) ------------------------------------
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4; a register holds 2 bf16):
@@ -100,10 +97,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 __device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 

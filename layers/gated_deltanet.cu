@@ -208,6 +208,15 @@ __device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, 
 // rows x cols of a shared-memory matrix (row stride ld) to global memory (row stride dst_ld).
 template <int Threads, class E>
 __device__ void store_rows(E* dst, int64_t dst_ld, const E* src, int ld, int rows, int cols) {
+  constexpr int kPer = 16 / sizeof(E);  // 16 bytes per copy where the rows allow
+  if (cols % kPer == 0 && dst_ld % kPer == 0 && ld % kPer == 0 && aligned16(dst, src)) {
+    const int vc = cols / kPer;
+    for (int i = int(threadIdx.x); i < rows * vc; i += Threads) {
+      const int r = i / vc, c = (i % vc) * kPer;
+      *reinterpret_cast<uint4*>(dst + r * dst_ld + c) = *reinterpret_cast<const uint4*>(src + r * ld + c);
+    }
+    return;
+  }
   for (int i = int(threadIdx.x); i < rows * cols; i += Threads)
     dst[(i / cols) * dst_ld + i % cols] = src[(i / cols) * ld + i % cols];
 }
@@ -231,18 +240,21 @@ __device__ void snapshot_state(E* Sb, E* out, const float* S, int sk, int nv, in
 template <class E>
 struct GdnWyLayout {
   int Cp, sk, sc, sv, ldf;
-  size_t K, Kb, W, Tf, tmp, Tb, Vb, vec, total;
+  size_t K, Kb, W, Tf, tmp, Tb, Tu, Vb, vec, total;
   __host__ __device__ GdnWyLayout(int dk, int bv, int C) {
     Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), ldf = mma_stride(C);
     SmemCarve m;
     K = m.take<E>(Cp * sk), Kb = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk);
-    Tf = m.take<float>(C * ldf), tmp = m.take<float>(16 * ldf), Tb = m.take<E>(Cp * sc), Vb = m.take<E>(Cp * sv);
+    Tf = m.take<float>(C * ldf), tmp = m.take<float>(16 * ldf), Tb = m.take<E>(Cp * sc), Tu = m.take<E>(Cp * sc);
+    Vb = m.take<E>(Cp * sv);
     vec = m.take<float>(4 * Cp);
     total = m.bytes;
   }
 };
 
-// Per chunk: W = T diag(beta Gam) K and U = T diag(beta) V to scratch ([B Hv, Tn, dk], [B Hv, Tn, dv]).
+// Per chunk: W = T diag(beta Gam) K and U = (T diag(beta)) V to scratch ([B Hv, Tn, dk], [B Hv,
+// Tn, dv]). K and the first value tile (all of V where it fits: value_tile) are in flight
+// together with the gates, so the chunk waits for global memory once.
 template <class E, class TG>
 __global__ void __launch_bounds__(kChunkThreads)
     gdn_fwd_wy_kernel(E* __restrict__ w_out, E* __restrict__ u_out, const E* __restrict__ k,
@@ -257,6 +269,7 @@ __global__ void __launch_bounds__(kChunkThreads)
   float* Tf = reinterpret_cast<float*>(smem + ly.Tf);
   float* tmp = reinterpret_cast<float*>(smem + ly.tmp);
   E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
+  E* Tu = reinterpret_cast<E*>(smem + ly.Tu);
   E* Vb = reinterpret_cast<E*>(smem + ly.Vb);
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
   float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp;
@@ -265,18 +278,29 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
   const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  const E* vc = v + bt0 * DV + int64_t(hv) * d.dv;
+  const auto load_value_tile = [&](int e0) {
+    const int nv = min(bv, d.dv - e0);
+    load_rows<kChunkThreads>(Vb, sv, Cp, round16(nv), vc + e0, DV, L, nv, Unit{});
+  };
   load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_value_tile(0);
   load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
   chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
   store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
+  for (int i = int(threadIdx.x); i < Cp * Cp; i += kChunkThreads) {  // Tu = T diag(beta), rounded once
+    const int r = i / Cp, c = i % Cp;
+    Tu[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ly.ldf + c] * bet[c] : 0.f);
+  }
+  __syncthreads();
   E* ug = u_out + (head * d.Tn + t0) * d.dv;
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
-    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
-    load_rows<kChunkThreads>(Vb, sv, Cp, nvp, v + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
-                             [&](int r) { return bet[r]; });
-    publish();
-    smem_product<kChunkThreads>(L, nv, Cp, smem_op(Tb, sc), smem_op_t(Vb, sv), [&](int r, int e, float acc) {
-      ug[int64_t(r) * d.dv + e0 + e] = from_f32<E>(acc);
+    const int nv = min(bv, d.dv - e0);
+    if (e0 > 0) load_value_tile(e0), publish();
+    for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
+      float acc[2][4] = {};
+      warp_tile_mma(acc, smem_op(Tu, sc), m0, smem_op_t(Vb, sv), n0, Cp);
+      store_tile_to(acc, m0, n0, L, nv, ug + e0, d.dv);
     });
     __syncthreads();
   }
@@ -348,6 +372,179 @@ __global__ void __launch_bounds__(kStateThreads)
   }
 }
 
+// The forward state pass for bf16 storage, with the state in registers. A block of Warps
+// warps takes 16 Warps value columns; warp w holds rows e of its 16 columns of S [e, f] as
+// mma C fragments (NK k-tiles of 16: 2 NK n8 tiles, 4 NK floats per lane) for the whole pass,
+// and per chunk, with Cp <= 64 rows r:
+//   Delta^T [e, r] = U^T - S W^T     (A = -S packed from the C fragments, B = rows of W; C = U^T)
+//   S <- Gam_{L-1} S + (Delta^T diag(dend)) K   (A = the Delta^T fragments packed, B = K^T)
+// so only K, W and U pass through shared memory, double-buffered: the next chunk's copies
+// (cp.async) and gates (plain loads into registers) are in flight while this chunk computes.
+// The kernel above kept S in shared memory and spent 15 block barriers and two round trips
+// of S per chunk: the pass is a chain of 64 dependent chunk steps, so its latency is its time.
+// The same arithmetic as the kernel above: S rounded to bf16 for the product (and the saved
+// state), Delta = U - W S^T accumulated in fp32 and rounded once.
+constexpr int kStateRegsWarps = 4;  // 4 measured faster than 1 or 2 (bench/RESULTS.md, 2026-12-06)
+struct GdnStateRegsLayout {
+  static constexpr int kCols = 16 * kStateRegsWarps;  // value columns per block
+  int Cp, sk, su;
+  size_t K, W, U, stage, dend, total;  // K, W, U within a stage; stage s at s * stage
+  __host__ __device__ GdnStateRegsLayout(int dk, int C) {
+    Cp = round16(C), sk = tile_stride(dk), su = tile_stride(kCols);
+    SmemCarve m;
+    K = m.take<bf16>(Cp * sk), W = m.take<bf16>(Cp * sk), U = m.take<bf16>(Cp * su);
+    stage = m.bytes;
+    m.bytes = 2 * stage;
+    dend = m.take<float>(kStateRegsWarps * kMaxChunk);
+    total = m.bytes;
+  }
+};
+
+template <class TG, int NK>
+__global__ void __launch_bounds__(kStateRegsWarps * kWarp)
+    gdn_fwd_state_regs_kernel(bf16* __restrict__ chunk_states, bf16* __restrict__ ud, const bf16* __restrict__ k,
+                              const bf16* __restrict__ w, const TG* __restrict__ g, GdnDims d) {
+  constexpr int kThreadsPerBlock = kStateRegsWarps * kWarp, kNF = 2 * NK, kMaxRowTiles = kMaxChunk / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnStateRegsLayout ly(d.dk, d.C);
+  const int sk = ly.sk, su = ly.su, Cp = ly.Cp, dk = d.dk;
+  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
+  const int e0 = blockIdx.x * ly.kCols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
+  const int nv_block = min(ly.kCols, d.dv - e0), nv = min(16, d.dv - e0 - ew);  // nv <= 0: a warp past dv
+  const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  float* dend = reinterpret_cast<float*>(smem + ly.dend) + warp * kMaxChunk;
+  const auto tile = [&](int s, size_t off) { return reinterpret_cast<bf16*>(smem + s * ly.stage + off); };
+
+  // Chunk kc's K, W and U tiles into stage kc & 1 (one cp.async group).
+  const auto issue_loads = [&](int kc) {
+    const int s = kc & 1, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    const int64_t bt0 = int64_t(b) * d.Tn + t0;
+    load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.kCols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
+                                nv_block, Unit{});
+    cp_async_commit();
+  };
+  // Chunk kc's gates g[i], i = lane and lane + 32 (0 past the chunk).
+  const auto load_g = [&](int kc, float& lo, float& hi) {
+    const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    const int64_t bt0 = int64_t(b) * d.Tn + t0;
+    lo = lane < L ? to_f32(g[(bt0 + lane) * d.Hv + hv]) : 0.f;
+    hi = lane + kWarp < L ? to_f32(g[(bt0 + lane + kWarp) * d.Hv + hv]) : 0.f;
+  };
+
+  float S[kNF][4] = {};  // S [e, f]: n8 tile j holds f = 8 j .., rows e = gq, gq + 8
+  float g_lo, g_hi;
+  issue_loads(0);
+  load_g(0, g_lo, g_hi);
+  for (int kc = 0; kc < d.NC; ++kc) {
+    const int s = kc & 1, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    float next_lo = 0.f, next_hi = 0.f;
+    if (kc + 1 < d.NC) issue_loads(kc + 1), load_g(kc + 1, next_lo, next_hi);
+
+    // The state entering the chunk, as the product will read it (bf16), to chunk_states.
+    if (nv > 0) {
+      bf16* cs = chunk_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0 + ew) * dk;
+#pragma unroll
+      for (int j = 0; j < kNF; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int e = gq + 8 * h, f = 8 * j + 2 * t;
+          if (e >= nv) continue;
+          if (f + 1 < dk && dk % 2 == 0)
+            *reinterpret_cast<__nv_bfloat162*>(cs + e * dk + f) = __floats2bfloat162_rn(S[j][2 * h], S[j][2 * h + 1]);
+          else if (f < dk)
+            cs[e * dk + f] = from_f32<bf16>(S[j][2 * h]);
+        }
+    }
+    // gam = cumsum(g) (inclusive, two values per lane, the padding adds 0): dend = exp(gam_{L-1} - gam).
+    for (int off = 1; off < kWarp; off <<= 1) {
+      const float ua = __shfl_up_sync(0xffffffffu, g_lo, off), ub = __shfl_up_sync(0xffffffffu, g_hi, off);
+      if (lane >= off) g_lo += ua, g_hi += ub;
+    }
+    g_hi += __shfl_sync(0xffffffffu, g_lo, kWarp - 1);
+    const float gam_end = __shfl_sync(0xffffffffu, g_hi, kWarp - 1), Gam_end = expf(gam_end);
+    dend[lane] = lane < L ? expf(gam_end - g_lo) : 0.f;
+    dend[lane + kWarp] = lane + kWarp < L ? expf(gam_end - g_hi) : 0.f;
+    if (kc + 1 < d.NC) cp_async_wait<1>();
+    else cp_async_wait<0>();
+    __syncthreads();
+    const bf16 *Ks = tile(s, ly.K), *Ws = tile(s, ly.W);
+    bf16* Us = tile(s, ly.U) + ew;  // this warp's columns
+
+    // Delta^T = U^T - S W^T: n8 tile j holds rows r = 8 j .. of the chunk.
+    float D[2 * kMaxRowTiles][4];
+#pragma unroll
+    for (int j = 0; j < 2 * kMaxRowTiles; ++j) {
+      if (8 * j >= Cp) break;  // tiles past the chunk stay unused
+      const int r = 8 * j + 2 * t;
+      D[j][0] = to_f32(Us[r * su + gq]), D[j][1] = to_f32(Us[(r + 1) * su + gq]);
+      D[j][2] = to_f32(Us[r * su + gq + 8]), D[j][3] = to_f32(Us[(r + 1) * su + gq + 8]);
+    }
+    const bf16* pw = fragment_base(smem_op(Ws, sk), 0);
+#pragma unroll
+    for (int kk = 0; kk < NK; ++kk) {
+      const uint32_t a[4] = {pack_bf16(-S[2 * kk][0], -S[2 * kk][1]), pack_bf16(-S[2 * kk][2], -S[2 * kk][3]),
+                             pack_bf16(-S[2 * kk + 1][0], -S[2 * kk + 1][1]),
+                             pack_bf16(-S[2 * kk + 1][2], -S[2 * kk + 1][3])};
+#pragma unroll
+      for (int n16 = 0; n16 < kMaxRowTiles; ++n16) {
+        if (16 * n16 >= Cp) break;
+        uint32_t fb[4];
+        ldmatrix_x4<false>(fb, pw + 16 * n16 * sk + 16 * kk);
+        mma_bf16(D[2 * n16], a, fb[0], fb[2]);
+        mma_bf16(D[2 * n16 + 1], a, fb[1], fb[3]);
+      }
+    }
+    // Delta (bf16) over U in shared memory for the copy out; D <- Delta^T diag(dend) for the update.
+#pragma unroll
+    for (int j = 0; j < 2 * kMaxRowTiles; ++j) {
+      if (8 * j >= Cp) break;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int r = 8 * j + 2 * t + c % 2, e = gq + 8 * (c / 2);
+        Us[r * su + e] = from_f32<bf16>(D[j][c]);
+        D[j][c] *= dend[r];
+      }
+    }
+    // S <- Gam_{L-1} S + (Delta^T diag(dend)) K.
+#pragma unroll
+    for (int j = 0; j < kNF; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) S[j][c] *= Gam_end;
+    const bf16* pk = fragment_base(smem_op_t(Ks, sk), 0);
+#pragma unroll
+    for (int kr = 0; kr < kMaxRowTiles; ++kr) {
+      if (16 * kr >= Cp) break;
+      const uint32_t a[4] = {pack_bf16(D[2 * kr][0], D[2 * kr][1]), pack_bf16(D[2 * kr][2], D[2 * kr][3]),
+                             pack_bf16(D[2 * kr + 1][0], D[2 * kr + 1][1]),
+                             pack_bf16(D[2 * kr + 1][2], D[2 * kr + 1][3])};
+#pragma unroll
+      for (int n16 = 0; n16 < NK; ++n16) {
+        uint32_t fb[4];
+        ldmatrix_x4<true>(fb, pk + 16 * kr * sk + 16 * n16);
+        mma_bf16(S[2 * n16], a, fb[0], fb[2]);
+        mma_bf16(S[2 * n16 + 1], a, fb[1], fb[3]);
+      }
+    }
+    // Delta to global memory over U: the warp's 16 columns of the chunk's rows.
+    __syncwarp();
+    if (nv > 0) {
+      bf16* udc = ud + (head * d.Tn + t0) * d.dv + e0 + ew;
+      if (nv == 16 && d.dv % 8 == 0 && aligned16(udc)) {
+        for (int i = lane; i < 2 * L; i += kWarp) {
+          const int r = i / 2, c = (i % 2) * 8;
+          *reinterpret_cast<uint4*>(udc + int64_t(r) * d.dv + c) = *reinterpret_cast<const uint4*>(Us + r * su + c);
+        }
+      } else {
+        for (int i = lane; i < L * nv; i += kWarp) udc[int64_t(i / nv) * d.dv + i % nv] = Us[(i / nv) * su + i % nv];
+      }
+    }
+    g_lo = next_lo, g_hi = next_hi;
+    __syncthreads();  // stage s is refilled by the next iteration's issue_loads
+  }
+}
+
 // Shared memory of gdn_fwd_output_kernel (byte offsets).
 template <class E>
 struct GdnOutLayout {
@@ -364,6 +561,7 @@ struct GdnOutLayout {
 };
 
 // Per chunk, over value tiles: O = scale (diag(Gam) Q S^T + P Delta), P = Q K^T o decay (lower).
+// The first value tile (all of dv where it fits: value_tile) is in flight with Q, K and the gates.
 template <class E, class TG>
 __global__ void __launch_bounds__(kChunkThreads)
     gdn_fwd_output_kernel(E* __restrict__ o, const E* __restrict__ q, const E* __restrict__ k,
@@ -384,8 +582,15 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
   const int64_t bt0 = int64_t(b) * d.Tn + t0, head = int64_t(b) * d.Hv + hv;
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
+  const auto load_value_tile = [&](int e0) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kChunkThreads>(D, sv, Cp, nvp, delta + (head * d.Tn + t0) * d.dv + e0, d.dv, L, nv, Unit{});
+  };
   load_rows<kChunkThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_value_tile(0);
   load_gates<kChunkThreads>(gam, nullptr, Gam, dend, g, (const TG*)nullptr, bt0, d.Hv, hv, L);
   smem_product<kChunkThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
     P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
@@ -393,18 +598,16 @@ __global__ void __launch_bounds__(kChunkThreads)
   __syncthreads();  // the product read Q: now Q <- diag(Gam) Q
   for (int i = int(threadIdx.x); i < L * dkp; i += kChunkThreads)
     Q[(i / dkp) * sk + i % dkp] = from_f32<E>(Gam[i / dkp] * to_f32(Q[(i / dkp) * sk + i % dkp]));
-  const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
+  __syncthreads();
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
-    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
-    load_rows<kChunkThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    load_rows<kChunkThreads>(D, sv, Cp, nvp, delta + (head * d.Tn + t0) * d.dv + e0, d.dv, L, nv, Unit{});
-    publish();
+    const int nv = min(bv, d.dv - e0);
+    if (e0 > 0) load_value_tile(e0), publish();
     E* oc = o + bt0 * DV + int64_t(hv) * d.dv + e0;
     for_each_tile<kChunkThreads>(L, nv, [&](int m0, int n0) {
       float acc[2][4] = {};
       warp_tile_mma(acc, smem_op(Q, sk), m0, smem_op(S, sk), n0, dkp);
       warp_tile_mma(acc, smem_op(P, sc), m0, smem_op_t(D, sv), n0, Cp);
-      store_tile(acc, m0, n0, L, nv, [&](int r, int e, float x) { oc[r * DV + e] = from_f32<E>(scale * x); });
+      store_tile_to(acc, m0, n0, L, nv, oc, DV, scale);
     });
     __syncthreads();
   }
@@ -918,9 +1121,11 @@ void check_core(const char* fn, const GdnConfig& c, int64_t B, int64_t Tn) {
 // memory fits `budget` (> 0: e.g. half an SM's, for two blocks per SM), else the widest that
 // fits the device; throws naming the need when none does.
 template <class Layout>
-int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const char* kernel, int budget = 0) {
+int value_tile(const GdnDims& d, int max_smem, const std::string& shapes, const char* kernel, int budget = 0,
+               int widest = 64) {
   for (int limit : {budget, max_smem})
-    for (int bv : {64, 32, 16}) {
+    for (int bv : {widest, 64, 32, 16}) {
+      if (bv > widest) continue;
       const int w = std::min(bv, round16(d.dv));
       if (limit > 0 && Layout(d.dk, w, d.C).total <= size_t(limit)) return w;
     }
@@ -952,6 +1157,28 @@ int half_sm_smem(const Context& ctx, const std::string& shapes) {
   return per_sm / 2 - 1024;
 }
 
+// The forward state pass over chunks: for bf16 storage and dk <= 128 the register kernel
+// (NK = round16(dk) / 16 k-tiles, a compile-time count so that the state stays in registers),
+// else the shared-memory kernel (fp32 storage keeps exact FMAs; a wider state would not fit a
+// warp's registers).
+constexpr int kStateRegsMaxK = 8;
+template <class TG, int NK = 1>
+void launch_state_regs(Context& ctx, bf16* chunk_states, bf16* ud, const bf16* k, const bf16* w, const TG* g,
+                       const GdnDims& d, int B, int max_smem, const std::string& shapes) {
+  if constexpr (NK < kStateRegsMaxK) {
+    if (round16(d.dk) / 16 != NK) {
+      launch_state_regs<TG, NK + 1>(ctx, chunk_states, ud, k, w, g, d, B, max_smem, shapes);
+      return;
+    }
+  }
+  const auto kernel = gdn_fwd_state_regs_kernel<TG, NK>;
+  const size_t smem = GdnStateRegsLayout(d.dk, d.C).total;
+  set_smem(kernel, smem, max_smem, shapes, "gdn_fwd_state_regs_kernel");
+  const dim3 grid(unsigned(ceil_div(d.dv, GdnStateRegsLayout::kCols)), unsigned(d.Hv), unsigned(B));
+  kernel<<<grid, kStateRegsWarps * kWarp, smem, ctx.stream>>>(chunk_states, ud, k, w, g, d);
+  CUDA_CHECK_LAUNCH("gdn_fwd_state_regs_kernel", shapes);
+}
+
 template <class T, class TG>
 void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
                    const TG* beta, const TG* g, int64_t B, int64_t Tn) {
@@ -961,8 +1188,11 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   const std::string shapes = shape_str("gdn_chunk_forward B, Tn, H, Hv, dk, dv, chunk", B, Tn, c.n_heads,
                                        c.n_v_heads, c.d_head_k, c.d_head_v, c.chunk_size);
   const int max_smem = max_smem_per_block(ctx, shapes);
-  const int bv_wy = value_tile<GdnWyLayout<T>>(d, max_smem, shapes, "gdn_fwd_wy_kernel");
-  const int bv_out = value_tile<GdnOutLayout<T>>(d, max_smem, shapes, "gdn_fwd_output_kernel");
+  // All value columns in one tile where two blocks per SM still fit (one wait for global
+  // memory per chunk), else the widest tile that does.
+  const int budget = half_sm_smem(ctx, shapes), widest = round16(d.dv);
+  const int bv_wy = value_tile<GdnWyLayout<T>>(d, max_smem, shapes, "gdn_fwd_wy_kernel", budget, widest);
+  const int bv_out = value_tile<GdnOutLayout<T>>(d, max_smem, shapes, "gdn_fwd_output_kernel", budget, widest);
   const size_t smem_wy = GdnWyLayout<T>(d.dk, bv_wy, d.C).total, smem_state = GdnStatePassLayout<T>(d.dk, d.C, 1).total,
                smem_out = GdnOutLayout<T>(d.dk, bv_out, d.C).total;
   set_smem(gdn_fwd_wy_kernel<T, TG>, smem_wy, max_smem, shapes, "gdn_fwd_wy_kernel");
@@ -977,10 +1207,19 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   const dim3 per_chunk(unsigned(d.NC), unsigned(c.n_v_heads), unsigned(B));
   gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(w, ud, k, v, beta, g, d, bv_wy);
   CUDA_CHECK_LAUNCH("gdn_fwd_wy_kernel", shapes);
-  gdn_fwd_state_kernel<T, TG>
-      <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
-         ctx.stream>>>(chunk_states, ud, k, w, g, d);
-  CUDA_CHECK_LAUNCH("gdn_fwd_state_kernel", shapes);
+  bool state_in_registers = false;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (round16(d.dk) <= 16 * kStateRegsMaxK) {
+      state_in_registers = true;
+      launch_state_regs<TG>(ctx, chunk_states, ud, k, w, g, d, int(B), max_smem, shapes);
+    }
+  }
+  if (!state_in_registers) {
+    gdn_fwd_state_kernel<T, TG>
+        <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
+           ctx.stream>>>(chunk_states, ud, k, w, g, d);
+    CUDA_CHECK_LAUNCH("gdn_fwd_state_kernel", shapes);
+  }
   gdn_fwd_output_kernel<T, TG><<<per_chunk, kChunkThreads, smem_out, ctx.stream>>>(o, q, k, g, chunk_states, ud, d,
                                                                                      bv_out, scale);
   CUDA_CHECK_LAUNCH("gdn_fwd_output_kernel", shapes);

@@ -252,6 +252,11 @@ TEST_CASE("gdn chunked forward CUDA bf16 storage matches the CPU") {
   // every dimension (dk 32, dv 48, a 22-token last chunk; chunk 16 with dk 16).
   check_gdn<bf16>(2, 150, 2, 4, 32, 48, 64, 6);
   check_gdn<bf16>(1, 40, 2, 2, 16, 16, 16, 7);
+  // The state pass keeps S in registers for bf16 (16 value columns per warp, 4 warps per
+  // block): Olmo Hybrid head dims over 5 chunks, and dv 50 (a block's last warp holds 2
+  // columns, the others past dv hold none).
+  check_gdn<bf16>(1, 300, 2, 2, 96, 192, 64, 8);
+  check_gdn<bf16>(2, 100, 1, 2, 96, 50, 64, 9);
 }
 
 // The value dimension is tiled twice (layers/gated_deltanet.cu): the dS pass takes slices of 32

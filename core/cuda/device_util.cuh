@@ -67,6 +67,10 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
 }
 // Waits for this thread's cp.async copies (a block barrier must follow before others read them).
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
+// Closes this thread's copies issued so far into a group; cp_async_wait<n>() waits until at
+// most n of its groups are still in flight (double buffering: the next tile's group stays out).
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int n> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n)); }
 
 // Whether every pointer is 16-byte aligned (load8 / store8 apply).
 template <class... P> __host__ __device__ bool aligned16(const P*... p) {
@@ -117,6 +121,13 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two fp32 values rounded to bf16 in one register (lo in the low half): an A fragment register
+// made from a C fragment pair, so that a product's result feeds the next product from registers.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // mma.sync m16n8k8 on tf32 (the chunked scans' block_mma).
@@ -318,6 +329,32 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][4], int m0, int
     for (int r = 0; r < 4; ++r) {
       const int m = m0 + g + 8 * (r / 2), n = n0 + 8 * j + 2 * t + r % 2;
       if (m < M && n < N) out(m, n, acc[j][r]);
+    }
+}
+
+// The tile's elements inside M x N, times scale, to dst[m ld + n] in the storage type E; bf16
+// pairs of columns as one 4-byte store where ld and dst allow (half the store instructions).
+template <class E>
+__device__ __forceinline__ void store_tile_to(const float (&acc)[2][4], int m0, int n0, int M, int N, E* dst,
+                                              int64_t ld, float scale = 1.f) {
+  const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
+  const bool pairs = std::is_same_v<E, __nv_bfloat16> && ld % 2 == 0 && reinterpret_cast<uintptr_t>(dst) % 4 == 0;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + g + 8 * h, n = n0 + 8 * j + 2 * t;
+      if (m >= M || n >= N) continue;
+      E* p = dst + m * ld + n;
+      const float x0 = scale * acc[j][2 * h], x1 = scale * acc[j][2 * h + 1];
+      if constexpr (std::is_same_v<E, __nv_bfloat16>) {
+        if (pairs && n + 1 < N) {
+          *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x0, x1);
+          continue;
+        }
+      }
+      p[0] = from_f32<E>(x0);
+      if (n + 1 < N) p[1] = from_f32<E>(x1);
     }
 }
 
