@@ -22,6 +22,7 @@
 // (unit_lower_inverse) and T is rounded once.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -253,13 +254,13 @@ struct GdnWyLayout {
 };
 
 // Per chunk: W = T diag(beta Gam) K and U = (T diag(beta)) V to scratch ([B Hv, Tn, dk], [B Hv,
-// Tn, dv]). K and the first value tile (all of V where it fits: value_tile) are in flight
+// Tn, dv]), and gam = cumsum(g) ([B Hv, NC, Cp], zero-padded) for the state pass. K and the first value tile (all of V where it fits: value_tile) are in flight
 // together with the gates, so the chunk waits for global memory once.
 template <class E, class TG>
 __global__ void __launch_bounds__(kChunkThreads)
-    gdn_fwd_wy_kernel(E* __restrict__ w_out, E* __restrict__ u_out, const E* __restrict__ k,
-                      const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g, GdnDims d,
-                      int bv) {
+    gdn_fwd_wy_kernel(E* __restrict__ w_out, E* __restrict__ u_out, float* __restrict__ gam_out,
+                      const E* __restrict__ k, const E* __restrict__ v, const TG* __restrict__ beta,
+                      const TG* __restrict__ g, GdnDims d, int bv) {
   extern __shared__ __align__(128) unsigned char smem[];
   const GdnWyLayout<E> ly(d.dk, bv, d.C);
   const int sk = ly.sk, sc = ly.sc, sv = ly.sv, Cp = ly.Cp;
@@ -286,6 +287,8 @@ __global__ void __launch_bounds__(kChunkThreads)
   load_rows<kChunkThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_value_tile(0);
   load_gates<kChunkThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  for (int i = int(threadIdx.x); i < Cp; i += kChunkThreads)  // for the state pass: [Cp] per chunk, 0 past L
+    gam_out[(head * d.NC + kc) * Cp + i] = i < L ? gam[i] : 0.f;
   chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
   store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
   for (int i = int(threadIdx.x); i < Cp * Cp; i += kChunkThreads) {  // Tu = T diag(beta), rounded once
@@ -372,41 +375,41 @@ __global__ void __launch_bounds__(kStateThreads)
   }
 }
 
-// The forward state pass for bf16 storage, with the state in registers. A block of Warps
-// warps takes 16 Warps value columns; warp w holds rows e of its 16 columns of S [e, f] as
-// mma C fragments (NK k-tiles of 16: 2 NK n8 tiles, 4 NK floats per lane) for the whole pass,
-// and per chunk, with Cp <= 64 rows r:
+// The forward state pass for bf16 storage, with the state in registers. A block of
+// kStateRegsWarps warps takes 16 value columns per warp; each warp holds its rows e of S [e, f]
+// as mma C fragments (NK k-tiles of 16: 2 NK n8 tiles, 4 NK floats per lane) for the whole
+// pass, and per chunk, with Cp <= 64 rows r:
 //   Delta^T [e, r] = U^T - S W^T     (A = -S packed from the C fragments, B = rows of W; C = U^T)
 //   S <- Gam_{L-1} S + (Delta^T diag(dend)) K   (A = the Delta^T fragments packed, B = K^T)
-// so only K, W and U pass through shared memory, double-buffered: the next chunk's copies
-// (cp.async) and gates (plain loads into registers) are in flight while this chunk computes.
-// The kernel above kept S in shared memory and spent 15 block barriers and two round trips
-// of S per chunk: the pass is a chain of 64 dependent chunk steps, so its latency is its time.
-// The same arithmetic as the kernel above: S rounded to bf16 for the product (and the saved
-// state), Delta = U - W S^T accumulated in fp32 and rounded once.
+// so only K, W, U and gam (from the W/U kernel) pass through shared memory, in a ring of
+// Stages buffers filled by cp.async Stages - 1 chunks ahead. The pass is a chain of NC
+// dependent chunk steps, so its latency is its time: the shared-memory kernel above spends six
+// block barriers and two trips of S through shared memory per chunk and waits for each
+// chunk's loads. The arithmetic is that kernel's: S rounded to bf16 for the product (and the
+// saved state), Delta = U - W S^T accumulated in fp32 and rounded once.
 constexpr int kStateRegsWarps = 4;  // 4 measured faster than 1 or 2 (bench/RESULTS.md, 2026-12-06)
 struct GdnStateRegsLayout {
   static constexpr int kCols = 16 * kStateRegsWarps;  // value columns per block
   int Cp, sk, su;
-  size_t K, W, U, stage, dend, total;  // K, W, U within a stage; stage s at s * stage
-  __host__ __device__ GdnStateRegsLayout(int dk, int C) {
+  size_t K, W, U, G, stage, dend, total;  // K, W, U, gam within a stage; stage s at s * stage
+  __host__ __device__ GdnStateRegsLayout(int dk, int C, int stages) {
     Cp = round16(C), sk = tile_stride(dk), su = tile_stride(kCols);
     SmemCarve m;
-    K = m.take<bf16>(Cp * sk), W = m.take<bf16>(Cp * sk), U = m.take<bf16>(Cp * su);
+    K = m.take<bf16>(Cp * sk), W = m.take<bf16>(Cp * sk), U = m.take<bf16>(Cp * su), G = m.take<float>(Cp);
     stage = m.bytes;
-    m.bytes = 2 * stage;
+    m.bytes = stages * stage;
     dend = m.take<float>(kStateRegsWarps * kMaxChunk);
     total = m.bytes;
   }
 };
 
-template <class TG, int NK>
+template <int Stages, int NK>
 __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
     gdn_fwd_state_regs_kernel(bf16* __restrict__ chunk_states, bf16* __restrict__ ud, const bf16* __restrict__ k,
-                              const bf16* __restrict__ w, const TG* __restrict__ g, GdnDims d) {
+                              const bf16* __restrict__ w, const float* __restrict__ gam, GdnDims d) {
   constexpr int kThreadsPerBlock = kStateRegsWarps * kWarp, kNF = 2 * NK, kMaxRowTiles = kMaxChunk / 16;
   extern __shared__ __align__(128) unsigned char smem[];
-  const GdnStateRegsLayout ly(d.dk, d.C);
+  const GdnStateRegsLayout ly(d.dk, d.C, Stages);
   const int sk = ly.sk, su = ly.su, Cp = ly.Cp, dk = d.dk;
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
   const int e0 = blockIdx.x * ly.kCols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
@@ -415,32 +418,30 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
   float* dend = reinterpret_cast<float*>(smem + ly.dend) + warp * kMaxChunk;
   const auto tile = [&](int s, size_t off) { return reinterpret_cast<bf16*>(smem + s * ly.stage + off); };
 
-  // Chunk kc's K, W and U tiles into stage kc & 1 (one cp.async group).
+  // Chunk kc's K, W, U tiles and gam into stage kc % Stages (the caller closes the group).
   const auto issue_loads = [&](int kc) {
-    const int s = kc & 1, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    const int s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
     load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
     load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
     load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.kCols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
                                 nv_block, Unit{});
-    cp_async_commit();
-  };
-  // Chunk kc's gates g[i], i = lane and lane + 32 (0 past the chunk).
-  const auto load_g = [&](int kc, float& lo, float& hi) {
-    const int t0 = kc * d.C, L = min(d.C, d.Tn - t0);
-    const int64_t bt0 = int64_t(b) * d.Tn + t0;
-    lo = lane < L ? to_f32(g[(bt0 + lane) * d.Hv + hv]) : 0.f;
-    hi = lane + kWarp < L ? to_f32(g[(bt0 + lane + kWarp) * d.Hv + hv]) : 0.f;
+    float* G = reinterpret_cast<float*>(smem + s * ly.stage + ly.G);
+    const float* src = gam + (head * d.NC + kc) * Cp;  // Cp floats per chunk: 16-byte aligned rows
+    for (int i = int(threadIdx.x); i < Cp / 4; i += kThreadsPerBlock) cp_async16(G + 4 * i, src + 4 * i, 16);
   };
 
   float S[kNF][4] = {};  // S [e, f]: n8 tile j holds f = 8 j .., rows e = gq, gq + 8
-  float g_lo, g_hi;
-  issue_loads(0);
-  load_g(0, g_lo, g_hi);
+  // Stages - 1 chunks in flight ahead of the one computed; one group per chunk (empty past
+  // the end) so that cp_async_wait<Stages - 1> always means "this chunk's copies are in".
+  for (int c = 0; c < Stages - 1; ++c) {
+    if (c < d.NC) issue_loads(c);
+    cp_async_commit();
+  }
   for (int kc = 0; kc < d.NC; ++kc) {
-    const int s = kc & 1, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
-    float next_lo = 0.f, next_hi = 0.f;
-    if (kc + 1 < d.NC) issue_loads(kc + 1), load_g(kc + 1, next_lo, next_hi);
+    const int s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    if (kc + Stages - 1 < d.NC) issue_loads(kc + Stages - 1);
+    cp_async_commit();
 
     // The state entering the chunk, as the product will read it (bf16), to chunk_states.
     if (nv > 0) {
@@ -457,20 +458,15 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
             cs[e * dk + f] = from_f32<bf16>(S[j][2 * h]);
         }
     }
-    // gam = cumsum(g) (inclusive, two values per lane, the padding adds 0): dend = exp(gam_{L-1} - gam).
-    for (int off = 1; off < kWarp; off <<= 1) {
-      const float ua = __shfl_up_sync(0xffffffffu, g_lo, off), ub = __shfl_up_sync(0xffffffffu, g_hi, off);
-      if (lane >= off) g_lo += ua, g_hi += ub;
-    }
-    g_hi += __shfl_sync(0xffffffffu, g_lo, kWarp - 1);
-    const float gam_end = __shfl_sync(0xffffffffu, g_hi, kWarp - 1), Gam_end = expf(gam_end);
-    dend[lane] = lane < L ? expf(gam_end - g_lo) : 0.f;
-    dend[lane + kWarp] = lane + kWarp < L ? expf(gam_end - g_hi) : 0.f;
-    if (kc + 1 < d.NC) cp_async_wait<1>();
-    else cp_async_wait<0>();
+    cp_async_wait<Stages - 1>();
     __syncthreads();
     const bf16 *Ks = tile(s, ly.K), *Ws = tile(s, ly.W);
     bf16* Us = tile(s, ly.U) + ew;  // this warp's columns
+    const float* G = reinterpret_cast<const float*>(smem + s * ly.stage + ly.G);
+    const float gam_end = G[L - 1], Gam_end = expf(gam_end);
+    dend[lane] = lane < L ? expf(gam_end - G[lane]) : 0.f;  // dend = exp(gam_{L-1} - gam)
+    dend[lane + kWarp] = lane + kWarp < L ? expf(gam_end - G[lane + kWarp]) : 0.f;
+    __syncwarp();
 
     // Delta^T = U^T - S W^T: n8 tile j holds rows r = 8 j .. of the chunk.
     float D[2 * kMaxRowTiles][4];
@@ -540,8 +536,7 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
         for (int i = lane; i < L * nv; i += kWarp) udc[int64_t(i / nv) * d.dv + i % nv] = Us[(i / nv) * su + i % nv];
       }
     }
-    g_lo = next_lo, g_hi = next_hi;
-    __syncthreads();  // stage s is refilled by the next iteration's issue_loads
+    __syncthreads();  // stage s is refilled Stages - 1 iterations on
   }
 }
 
@@ -1162,20 +1157,20 @@ int half_sm_smem(const Context& ctx, const std::string& shapes) {
 // else the shared-memory kernel (fp32 storage keeps exact FMAs; a wider state would not fit a
 // warp's registers).
 constexpr int kStateRegsMaxK = 8;
-template <class TG, int NK = 1>
-void launch_state_regs(Context& ctx, bf16* chunk_states, bf16* ud, const bf16* k, const bf16* w, const TG* g,
+template <int Stages, int NK = 1>
+void launch_state_regs(Context& ctx, bf16* chunk_states, bf16* ud, const bf16* k, const bf16* w, const float* gam,
                        const GdnDims& d, int B, int max_smem, const std::string& shapes) {
   if constexpr (NK < kStateRegsMaxK) {
     if (round16(d.dk) / 16 != NK) {
-      launch_state_regs<TG, NK + 1>(ctx, chunk_states, ud, k, w, g, d, B, max_smem, shapes);
+      launch_state_regs<Stages, NK + 1>(ctx, chunk_states, ud, k, w, gam, d, B, max_smem, shapes);
       return;
     }
   }
-  const auto kernel = gdn_fwd_state_regs_kernel<TG, NK>;
-  const size_t smem = GdnStateRegsLayout(d.dk, d.C).total;
+  const auto kernel = gdn_fwd_state_regs_kernel<Stages, NK>;
+  const size_t smem = GdnStateRegsLayout(d.dk, d.C, Stages).total;
   set_smem(kernel, smem, max_smem, shapes, "gdn_fwd_state_regs_kernel");
   const dim3 grid(unsigned(ceil_div(d.dv, GdnStateRegsLayout::kCols)), unsigned(d.Hv), unsigned(B));
-  kernel<<<grid, kStateRegsWarps * kWarp, smem, ctx.stream>>>(chunk_states, ud, k, w, g, d);
+  kernel<<<grid, kStateRegsWarps * kWarp, smem, ctx.stream>>>(chunk_states, ud, k, w, gam, d);
   CUDA_CHECK_LAUNCH("gdn_fwd_state_regs_kernel", shapes);
 }
 
@@ -1203,15 +1198,18 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   const int64_t heads = B * c.n_v_heads;
   T* w = ctx.scratch.alloc<T>(heads * Tn * d.dk, "gdn forward W");
   T* ud = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn forward U, then Delta");
+  float* gam = ctx.scratch.alloc<float>(heads * d.NC * round16(d.C), "gdn forward gam = cumsum(g) per chunk");
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
   const dim3 per_chunk(unsigned(d.NC), unsigned(c.n_v_heads), unsigned(B));
-  gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(w, ud, k, v, beta, g, d, bv_wy);
+  gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(w, ud, gam, k, v, beta, g, d, bv_wy);
   CUDA_CHECK_LAUNCH("gdn_fwd_wy_kernel", shapes);
   bool state_in_registers = false;
   if constexpr (std::is_same_v<T, bf16>) {
-    if (round16(d.dk) <= 16 * kStateRegsMaxK) {
+    if (round16(d.dk) <= 16 * kStateRegsMaxK && !std::getenv("HYSIM_GDN_STATE_OLD")) {  // EXPERIMENT toggle
       state_in_registers = true;
-      launch_state_regs<TG>(ctx, chunk_states, ud, k, w, g, d, int(B), max_smem, shapes);
+      const char* sv = std::getenv("HYSIM_GDN_STATE_STAGES");  // EXPERIMENT: removed after measuring
+      if (sv && std::atoi(sv) == 2) launch_state_regs<2>(ctx, chunk_states, ud, k, w, gam, d, int(B), max_smem, shapes);
+      else launch_state_regs<3>(ctx, chunk_states, ud, k, w, gam, d, int(B), max_smem, shapes);
     }
   }
   if (!state_in_registers) {
@@ -1289,7 +1287,8 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
 
 // Scratch of gdn_chunk_forward: W and U (then Delta) in the storage type (plus the arena's alignment).
 size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes) {
-  return storage_bytes * size_t(B * c.n_v_heads * Tn * (c.d_head_k + c.d_head_v)) + 2 * DeviceArena::round_up(1);
+  const size_t heads = size_t(B * c.n_v_heads), gam = sizeof(float) * heads * size_t(c.n_chunks(Tn) * round16(int(c.chunk_size)));
+  return storage_bytes * heads * size_t(Tn * (c.d_head_k + c.d_head_v)) + gam + 3 * DeviceArena::round_up(1);
 }
 
 // Scratch of gdn_chunk_backward: T per chunk, W, Delta, dDelta, dS per chunk in the storage
@@ -1395,24 +1394,38 @@ __global__ void beta_decay_backward_kernel(bf16* __restrict__ d_b, bf16* __restr
 }
 
 // Gated RMSNorm per (token, value head) row of dv: o' = o r w silu(gate), r = 1 / sqrt(mean(o^2) + eps).
+// A warp per row, each lane W consecutive values at a time (W = 8: 16-byte accesses, where
+// dv and the arrays allow; two-byte loads left it at half the memory bandwidth).
+template <int W>
 __global__ void gated_rmsnorm_forward_kernel(bf16* __restrict__ o_gated, float* __restrict__ rstd,
                                              const bf16* __restrict__ o, const bf16* __restrict__ gate,
                                              const bf16* __restrict__ w, int64_t rows, int dv, float eps) {
   const int lane = threadIdx.x % kWarp;
   const int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (n >= rows) return;
-  const bf16* orow = o + n * dv;
+  const bf16 *orow = o + n * dv, *grow = gate + n * dv;
   float ss = 0.f;
-  for (int j = lane; j < dv; j += kWarp) ss += to_f32(orow[j]) * to_f32(orow[j]);
+  for (int j = lane * W; j < dv; j += kWarp * W) {
+    float x[W];
+    load_w<W>(orow + j, x);
+#pragma unroll
+    for (int u = 0; u < W; ++u) ss += x[u] * x[u];
+  }
   const float r = 1.f / sqrtf(warp_sum(ss) / float(dv) + eps);
   if (lane == 0) rstd[n] = r;
-  for (int j = lane; j < dv; j += kWarp)
-    o_gated[n * dv + j] = from_f32<bf16>(to_f32(orow[j]) * r * to_f32(w[j]) * silu_f32(to_f32(gate[n * dv + j])));
+  for (int j = lane * W; j < dv; j += kWarp * W) {
+    float x[W], gt[W], wj[W], y[W];
+    load_w<W>(orow + j, x), load_w<W>(grow + j, gt), load_w<W>(w + j, wj);
+#pragma unroll
+    for (int u = 0; u < W; ++u) y[u] = x[u] * r * wj[u] * silu_f32(gt[u]);
+    store_w<W>(o_gated + n * dv + j, y);
+  }
 }
 
 // Its backward with n = o r, z = silu(gate): d_gate = do' n w silu'(gate); dn = do' w z;
 // d_o = r (dn - n mean(dn n)). d_og is overwritten with do' z, so that the o_norm gradient
 // sum(do' z n) is rmsnorm_backward's dw of (dout = do' z, x = o, rstd = r).
+template <int W>
 __global__ void gated_rmsnorm_backward_kernel(bf16* __restrict__ d_o, bf16* __restrict__ d_gate,
                                               bf16* __restrict__ d_og, const bf16* __restrict__ o,
                                               const bf16* __restrict__ gate, const bf16* __restrict__ w,
@@ -1421,19 +1434,26 @@ __global__ void gated_rmsnorm_backward_kernel(bf16* __restrict__ d_o, bf16* __re
   const int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (n >= rows) return;
   const float r = rstd[n];
+  const int64_t row = n * dv;
   float m = 0.f;
-  for (int j = lane; j < dv; j += kWarp) {
-    const int64_t i = n * dv + j;
-    m += to_f32(d_og[i]) * to_f32(w[j]) * silu_f32(to_f32(gate[i])) * to_f32(o[i]) * r;
+  for (int j = lane * W; j < dv; j += kWarp * W) {
+    float dog[W], gt[W], wj[W], x[W];
+    load_w<W>(d_og + row + j, dog), load_w<W>(gate + row + j, gt), load_w<W>(w + j, wj), load_w<W>(o + row + j, x);
+#pragma unroll
+    for (int u = 0; u < W; ++u) m += dog[u] * wj[u] * silu_f32(gt[u]) * x[u] * r;
   }
   m = warp_sum(m) / float(dv);
-  for (int j = lane; j < dv; j += kWarp) {
-    const int64_t i = n * dv + j;
-    const float dog = to_f32(d_og[i]), gt = to_f32(gate[i]), wj = to_f32(w[j]), nn = to_f32(o[i]) * r;
-    const float z = silu_f32(gt);
-    d_gate[i] = from_f32<bf16>(dog * nn * wj * silu_grad_f32(gt));
-    d_o[i] = from_f32<bf16>(r * (dog * wj * z - nn * m));
-    d_og[i] = from_f32<bf16>(dog * z);
+  for (int j = lane * W; j < dv; j += kWarp * W) {
+    float dog[W], gt[W], wj[W], x[W], dgate[W], dx[W], dz[W];
+    load_w<W>(d_og + row + j, dog), load_w<W>(gate + row + j, gt), load_w<W>(w + j, wj), load_w<W>(o + row + j, x);
+#pragma unroll
+    for (int u = 0; u < W; ++u) {
+      const float nn = x[u] * r, z = silu_f32(gt[u]);
+      dgate[u] = dog[u] * nn * wj[u] * silu_grad_f32(gt[u]);
+      dx[u] = r * (dog[u] * wj[u] * z - nn * m);
+      dz[u] = dog[u] * z;
+    }
+    store_w<W>(d_gate + row + j, dgate), store_w<W>(d_o + row + j, dx), store_w<W>(d_og + row + j, dz);
   }
 }
 
@@ -1472,7 +1492,10 @@ void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, con
   chunk_forward<bf16, float>(ctx, c, a.o, a.chunk_states, a.q, a.k, a.v, a.beta, a.g, B, Tn);
 
   linear_forward<bf16, bf16>(ctx, a.gate, x, p.g_proj, BT, D, DV);
-  gated_rmsnorm_forward_kernel<<<row_blocks(BT * Hv), kRowsPerBlock * kWarp, 0, ctx.stream>>>(
+  const auto gated_norm_forward = dv % 8 == 0 && aligned16(a.o_gated, a.o, a.gate, p.o_norm)
+                                      ? gated_rmsnorm_forward_kernel<8>
+                                      : gated_rmsnorm_forward_kernel<1>;
+  gated_norm_forward<<<row_blocks(BT * Hv), kRowsPerBlock * kWarp, 0, ctx.stream>>>(
       a.o_gated, a.o_rstd, a.o, a.gate, p.o_norm, BT * Hv, int(dv), float(c.norm_eps));
   CUDA_CHECK_LAUNCH("gated_rmsnorm_forward_kernel", shapes);
   linear_forward<bf16, bf16>(ctx, y, a.o_gated, p.o_proj, BT, DV, D);
@@ -1506,7 +1529,10 @@ void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, co
   bf16* d_a = ctx.scratch.alloc<bf16>(BT * Hv, "gdn d_a (a_proj output gradient)");
 
   linear_backward<bf16, bf16>(ctx, d_og, grad.o_proj, dy, a.o_gated, p.o_proj, BT, DV, D);
-  gated_rmsnorm_backward_kernel<<<row_blocks(BT * Hv), kRowsPerBlock * kWarp, 0, ctx.stream>>>(
+  const auto gated_norm_backward = dv % 8 == 0 && aligned16(d_o, d_gate, d_og, a.o, a.gate, p.o_norm)
+                                       ? gated_rmsnorm_backward_kernel<8>
+                                       : gated_rmsnorm_backward_kernel<1>;
+  gated_norm_backward<<<row_blocks(BT * Hv), kRowsPerBlock * kWarp, 0, ctx.stream>>>(
       d_o, d_gate, d_og, a.o, a.gate, p.o_norm, a.o_rstd, BT * Hv, int(dv));
   CUDA_CHECK_LAUNCH("gated_rmsnorm_backward_kernel", shapes);
   rmsnorm_backward<bf16>(ctx, nullptr, grad.o_norm, d_og, a.o, p.o_norm, a.o_rstd, BT * Hv, dv);

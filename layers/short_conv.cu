@@ -23,6 +23,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowChunk = 128;  // rows (b, t) per partial sum of dw (fixed: results do not depend on the device)
 constexpr int kMaxTaps = 8;     // dw keeps one accumulator per tap in registers
+// Rows whose loads a thread issues together before using them: one row at a time left each
+// thread waiting a full memory latency per row.
+constexpr int kRowBatch = 4;
 
 template <class T>
 __device__ __forceinline__ float dpre_at(const T* __restrict__ dout, const T* __restrict__ pre, int64_t i, bool silu) {
@@ -48,18 +51,26 @@ __global__ void short_conv_forward_kernel(T* __restrict__ out, T* __restrict__ p
   }
   const float b = bias ? to_f32(bias[c]) : 0.f;
   int t = n0 % Tn;
-  for (int n = n0; n < n1; ++n) {
-    const int64_t i = int64_t(n) * C + c;
-    window[0] = to_f32(x[i]);
-    float s = b;
+  for (int nb = n0; nb < n1; nb += kRowBatch) {
+    float xb[kRowBatch];
 #pragma unroll
-    for (int m = kMaxTaps - 1; m >= 0; --m)  // taps in the CPU's order (j = K-1-m ascending)
-      if (m < K && t - m >= 0) s += wr[m] * window[m];
-    if (pre) pre[i] = from_f32<T>(s);
-    out[i] = from_f32<T>(silu ? silu_f32(s) : s);
+    for (int u = 0; u < kRowBatch; ++u) xb[u] = nb + u < n1 ? to_f32(x[int64_t(nb + u) * C + c]) : 0.f;
 #pragma unroll
-    for (int m = kMaxTaps - 1; m > 0; --m) window[m] = window[m - 1];
-    t = t + 1 == Tn ? 0 : t + 1;
+    for (int u = 0; u < kRowBatch; ++u) {
+      const int n = nb + u;
+      if (n >= n1) break;
+      const int64_t i = int64_t(n) * C + c;
+      window[0] = xb[u];
+      float s = b;
+#pragma unroll
+      for (int m = kMaxTaps - 1; m >= 0; --m)  // taps in the CPU's order (j = K-1-m ascending)
+        if (m < K && t - m >= 0) s += wr[m] * window[m];
+      if (pre) pre[i] = from_f32<T>(s);
+      out[i] = from_f32<T>(silu ? silu_f32(s) : s);
+#pragma unroll
+      for (int m = kMaxTaps - 1; m > 0; --m) window[m] = window[m - 1];
+      t = t + 1 == Tn ? 0 : t + 1;
+    }
   }
 }
 
@@ -82,24 +93,35 @@ __global__ void short_conv_backward_kernel(T* __restrict__ dx, float* __restrict
     behind[m] = m < K && last - m >= 0 ? to_f32(x[int64_t(last - m) * C + c]) : 0.f;
   }
   int t = last % Tn;
-  for (int n = last; n >= n0; --n) {
-    const float d = dpre_at(dout, pre, int64_t(n) * C + c, silu);
-    ahead[0] = d;
-    float s = 0.f;
+  for (int nb = last; nb >= n0; nb -= kRowBatch) {
+    float db[kRowBatch], xb[kRowBatch];  // row n = nb - u: dpre[n], and x of row (n-1) - (K-1)
 #pragma unroll
-    for (int m = kMaxTaps - 1; m >= 0; --m) {
-      if (m < K && t + m < Tn) s += wr[m] * ahead[m];
-      if (m < K && t - m >= 0) acc[m] += d * behind[m];
+    for (int u = 0; u < kRowBatch; ++u) {
+      const int n = nb - u;
+      db[u] = n >= n0 ? dpre_at(dout, pre, int64_t(n) * C + c, silu) : 0.f;
+      xb[u] = n >= n0 && n - K >= 0 ? to_f32(x[int64_t(n - K) * C + c]) : 0.f;
     }
-    acc_bias += d;
-    dx[int64_t(n) * C + c] = from_f32<T>(s);
-    const float x_next = n - K >= 0 ? to_f32(x[int64_t(n - K) * C + c]) : 0.f;  // row (n-1) - (K-1)
 #pragma unroll
-    for (int m = kMaxTaps - 1; m > 0; --m) ahead[m] = ahead[m - 1];
+    for (int u = 0; u < kRowBatch; ++u) {
+      const int n = nb - u;
+      if (n < n0) break;
+      const float d = db[u];
+      ahead[0] = d;
+      float s = 0.f;
 #pragma unroll
-    for (int m = 0; m < kMaxTaps; ++m)
-      behind[m] = m + 1 < K ? behind[m + 1 < kMaxTaps ? m + 1 : m] : (m + 1 == K ? x_next : 0.f);
-    t = t == 0 ? Tn - 1 : t - 1;
+      for (int m = kMaxTaps - 1; m >= 0; --m) {
+        if (m < K && t + m < Tn) s += wr[m] * ahead[m];
+        if (m < K && t - m >= 0) acc[m] += d * behind[m];
+      }
+      acc_bias += d;
+      dx[int64_t(n) * C + c] = from_f32<T>(s);
+#pragma unroll
+      for (int m = kMaxTaps - 1; m > 0; --m) ahead[m] = ahead[m - 1];
+#pragma unroll
+      for (int m = 0; m < kMaxTaps; ++m)
+        behind[m] = m + 1 < K ? behind[m + 1 < kMaxTaps ? m + 1 : m] : (m + 1 == K ? xb[u] : 0.f);
+      t = t == 0 ? Tn - 1 : t - 1;
+    }
   }
   if (!partial) return;
   float* out = partial + (int64_t(blockIdx.y) * C + c) * (K + 1);

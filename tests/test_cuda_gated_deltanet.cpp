@@ -288,4 +288,5 @@ TEST_CASE("gdn layer CUDA (projections, conv, L2 norm, beta/g, core, gated RMSNo
   check_gdn_layer(2, 100, 64, 2, 4, 16, 32, 64, false, 22);
   check_gdn_layer(1, 130, 128, 2, 2, 96, 192, 64, true, 23);
   check_gdn_layer(1, 130, 128, 2, 2, 96, 192, 64, false, 24);
+  check_gdn_layer(2, 50, 64, 2, 2, 16, 20, 16, true, 25);  // dv 20: the gated norm's one-value path
 }

@@ -262,7 +262,11 @@ TEST_CASE("training on the GPU follows the CPU's loss curve; checkpoints cross b
   CHECK(std::abs(rc.val_loss - rg.val_loss) < 0.05);
 
   // Resume the GPU's step-100 checkpoint on the CPU and the CPU's on the GPU: each continues
-  // its own curve (not the other backend's start), within the same tolerance.
+  // its own curve (not the other backend's start). Its first step is the writer's step 101 on
+  // the same weights and batch, evaluated by the other backend: as close as the two curves'
+  // first steps (1e-2). The two runs' curves drift apart by ~0.05 in 100 steps of bf16
+  // training, so the writer's curve, not the CPU's, is the reference there; later steps are
+  // held to the CPU's curve within the curves' tolerance.
   const std::string ck_gpu = (out / "t" / "gpu_s100.ckpt.h5").string(), ck_cpu = (out / "t" / "cpu_s100.ckpt.h5").string();
   for (const auto& [from, to] : {std::pair{ck_gpu, std::string("cpu")}, std::pair{ck_cpu, std::string("cuda")}}) {
     CHECK(load_checkpoint(from).meta.at("backend") == (to == "cpu" ? "cuda" : "cpu"));
@@ -273,9 +277,11 @@ TEST_CASE("training on the GPU follows the CPU's loss curve; checkpoints cross b
     REQUIRE(l.size() == 100);  // steps 101..200 only
     double d = 0;
     for (size_t i = 50; i < 100; ++i) d += std::abs(l[i] - lc[100 + i]) / 50.0;
-    std::printf("checkpoint of the %s run resumed on %s: step 101 loss %.4f (cpu run %.4f), mean |diff| steps 151-200 %.4f\n",
-                to == "cpu" ? "gpu" : "cpu", to.c_str(), l[0], lc[100], d);
-    CHECK(std::abs(l[0] - lc[100]) < 0.05);
+    const double writer_101 = (to == "cpu" ? lg : lc)[100];
+    std::printf("checkpoint of the %s run resumed on %s: step 101 loss %.4f (the writer's %.4f, cpu run %.4f), mean "
+                "|diff| steps 151-200 %.4f\n",
+                to == "cpu" ? "gpu" : "cpu", to.c_str(), l[0], writer_101, lc[100], d);
+    CHECK(std::abs(l[0] - writer_101) < 1e-2);
     CHECK(d < 0.05);
   }
   fs::remove_all(out.parent_path());
