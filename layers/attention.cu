@@ -64,14 +64,12 @@ template <int DH> __device__ void load_tile(bf16* s, const bf16* __restrict__ g,
 
 // The same tile by cp.async (16 bytes per copy, no registers on the way): the copies run
 // while the warps compute on the other buffer. Rows past the sequence are zero-filled (a
-// source size of 0; the address stays in bounds). Complete with cp_async_wait<n>() (core/cuda/device_util.cuh).
+// source size of 0; the address stays in bounds). cp_async16 and cp_async_wait<n>(): core/cuda/device_util.cuh.
 template <int DH> __device__ void load_tile_async(bf16* s, const bf16* __restrict__ g, int64_t stride, int valid) {
   constexpr int kChunks = DH / 8;
   for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
     const int r = i / kChunks, c = (i % kChunks) * 8;
-    const unsigned dst = unsigned(__cvta_generic_to_shared(s + r * Ld<DH>::bf + c));
-    const bf16* src = g + (r < valid ? r * stride : 0) + c;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(r < valid ? 16 : 0));
+    cp_async16(s + r * Ld<DH>::bf + c, g + (r < valid ? r * stride : 0) + c, r < valid ? 16 : 0);
   }
 }
 
@@ -83,21 +81,9 @@ template <int DH> __device__ void load_tile_async(bf16* s, const bf16* __restric
 // A C tile pair of S (keys 16j .. 16j+15) is exactly the A fragment of P for P V once
 // packed to bf16, so scores, probabilities and the output stay in registers; only K and V
 // tiles pass through shared memory. (mma_bf16: core/cuda/device_util.cuh.)
-// Four transposed 8x8 bf16 matrices from shared memory (rows given by the lanes' addresses).
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-// Four 8x8 bf16 matrices, not transposed: lane l gets row l / 4, columns 2 (l % 4) .. + 1 of
-// each (the A and B fragment layouts above for row-major A and for B = rows of K).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
+// ldmatrix_x4<Trans> (core/cuda/device_util.cuh): four 8x8 bf16 matrices, lane l getting row
+// l / 4, columns 2 (l % 4) .. + 1 of each (the A and B fragment layouts above for row-major A
+// and for B = rows of K); <true> delivers each transposed.
 __device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 template <int DH> constexpr size_t fwd_smem() { return 5 * Ld<DH>::bf_bytes; }  // Q, 2 x (K, V)
@@ -171,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int kk = 0; kk < DH / 16; ++kk) {
         uint32_t kb4[4];
-        ldmatrix_x4(kb4, kmat + n * 8 * LD + kk * 16);
+        ldmatrix_x4<false>(kb4, kmat + n * 8 * LD + kk * 16);
         mma_bf16(sacc[n], qa[kk], kb4[0], kb4[1]);
         mma_bf16(sacc[n + 1], qa[kk], kb4[2], kb4[3]);
       }
@@ -222,15 +208,14 @@ __global__ void __launch_bounds__(kThreads)
     // (keys +0, d +0), (keys +8, d +0), (keys +0, d +8), (keys +8, d +8).
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(sacc[2 * kk][0], sacc[2 * kk][1]), pack_bf16(sacc[2 * kk][2], sacc[2 * kk][3]),
-                              pack_bf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
-                              pack_bf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
+      uint32_t pa[4];
+      a_fragment_from_c(pa, sacc[2 * kk], sacc[2 * kk + 1]);
       const int mat = lane / 8;
       const bf16* vrow = sV + (kk * 16 + (mat & 1) * 8 + lane % 8) * LD + (mat >> 1) * 8;
 #pragma unroll
       for (int n = 0; n < DH / 8; n += 2) {
         uint32_t vb4[4];
-        ldmatrix_x4_trans(vb4, vrow + n * 8);
+        ldmatrix_x4<true>(vb4, vrow + n * 8);
         mma_bf16(oacc[n], pa, vb4[0], vb4[1]);
         mma_bf16(oacc[n + 1], pa, vb4[2], vb4[3]);
       }
@@ -284,11 +269,11 @@ template <int DH> __device__ __forceinline__ void warp_abt(float (&dst)[kTile / 
 #pragma unroll
   for (int kk = 0; kk < DH / 16; ++kk) {
     uint32_t af[4];
-    ldmatrix_x4(af, amat + kk * 16);
+    ldmatrix_x4<false>(af, amat + kk * 16);
 #pragma unroll
     for (int n = 0; n < kTile / 8; n += 2) {
       uint32_t bb[4];
-      ldmatrix_x4(bb, bmat + n * 8 * LD + kk * 16);
+      ldmatrix_x4<false>(bb, bmat + n * 8 * LD + kk * 16);
       mma_bf16(dst[n], af, bb[0], bb[1]);
       mma_bf16(dst[n + 1], af, bb[2], bb[3]);
     }
@@ -303,13 +288,13 @@ __device__ __forceinline__ void warp_acc_pv(float (&acc)[DH / 8][4], const float
   const int lane = threadIdx.x % kWarp, mat = lane / 8;
 #pragma unroll
   for (int kk = 0; kk < kTile / 16; ++kk) {
-    const uint32_t pa[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                            pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    uint32_t pa[4];
+    a_fragment_from_c(pa, p[2 * kk], p[2 * kk + 1]);
     const bf16* vrow = v + (kk * 16 + (mat & 1) * 8 + lane % 8) * LD + (mat >> 1) * 8;
 #pragma unroll
     for (int n = 0; n < DH / 8; n += 2) {
       uint32_t vb4[4];
-      ldmatrix_x4_trans(vb4, vrow + n * 8);
+      ldmatrix_x4<true>(vb4, vrow + n * 8);
       mma_bf16(acc[n], pa, vb4[0], vb4[1]);
       mma_bf16(acc[n + 1], pa, vb4[2], vb4[3]);
     }

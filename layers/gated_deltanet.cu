@@ -11,8 +11,8 @@
 //   S' = Gam_{L-1} S + Delta^T diag(decay(L-1, .)) K
 // and the state entering each chunk saved to chunk_states (what the backward reads).
 // Only S carries from chunk to chunk, so three kernels: W and U per chunk (all chunks at
-// once); the state pass per slice of 32 value columns (Delta = U - W S^T and S', two small
-// products per chunk, in order); the output per chunk. The backward is split the same way
+// once); the state pass per slice of value columns (Delta = U - W S^T and S', two small
+// products per chunk, in order; S in registers for bf16 storage); the output per chunk. The backward is split the same way
 // (section "core backward").
 //
 // Operands live in shared memory in the storage type, whole chunk matrices, multiplied by
@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "core/cuda/device_util.cuh"
 #include "core/cuda/gemm.h"
@@ -375,6 +376,100 @@ __global__ void __launch_bounds__(kStateThreads)
   }
 }
 
+// ---- register state passes: helpers of the forward and backward kernels ----------------
+// A warp holds 16 rows e of a state slice [e, f] as mma C fragments: n8 tile j holds columns
+// f = 8 j .. 8 j + 7, a lane the values at rows gq, gq + 8 and columns 2 t, 2 t + 1 (gq = lane
+// / 4, t = lane % 4).
+
+// The warp's rows e < nv, columns f < dk of the state, rounded to bf16, to dst (row stride dk).
+template <int NF>
+__device__ __forceinline__ void store_state_rows(bf16* dst, const float (&S)[NF][4], int nv, int dk) {
+  const int lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < NF; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int e = gq + 8 * h, f = 8 * j + 2 * t;
+      if (e >= nv || f >= dk) continue;
+      if (f + 1 < dk && dk % 2 == 0) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + e * dk + f) = __floats2bfloat162_rn(S[j][2 * h], S[j][2 * h + 1]);
+      } else {
+        dst[e * dk + f] = from_f32<bf16>(S[j][2 * h]);
+        if (f + 1 < dk) dst[e * dk + f + 1] = from_f32<bf16>(S[j][2 * h + 1]);
+      }
+    }
+}
+
+// X^T for rows r < Cp of a shared-memory tile X [r, e] (row stride ld, the warp's 16 columns
+// from X): as C fragments with n8 tile j holding r = 8 j ...
+template <int NR>
+__device__ __forceinline__ void load_transposed(float (&D)[NR][4], const bf16* X, int ld, int Cp) {
+  const int lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < NR; ++j) {
+    if (8 * j >= Cp) break;
+    const int r = 8 * j + 2 * t;
+    D[j][0] = to_f32(X[r * ld + gq]), D[j][1] = to_f32(X[(r + 1) * ld + gq]);
+    D[j][2] = to_f32(X[r * ld + gq + 8]), D[j][3] = to_f32(X[(r + 1) * ld + gq + 8]);
+  }
+}
+
+// The warp's 16 columns of L rows of a shared-memory tile (row stride ld) to global memory
+// (row stride dst_ld); nv < 16 columns at the right edge of the value dimension.
+__device__ __forceinline__ void store_warp_columns(bf16* dst, int64_t dst_ld, const bf16* src, int ld, int L, int nv) {
+  const int lane = int(threadIdx.x) % kWarp;
+  if (nv == 16 && dst_ld % 8 == 0 && aligned16(dst)) {
+    for (int i = lane; i < 2 * L; i += kWarp) {
+      const int r = i / 2, c = (i % 2) * 8;
+      *reinterpret_cast<uint4*>(dst + int64_t(r) * dst_ld + c) = *reinterpret_cast<const uint4*>(src + r * ld + c);
+    }
+  } else {
+    for (int i = lane; i < L * nv; i += kWarp) dst[int64_t(i / nv) * dst_ld + i % nv] = src[(i / nv) * ld + i % nv];
+  }
+}
+
+// S += A B over k = rows r < Cp of B [r, f] in shared memory (row stride ld; its 16 NK
+// columns), A [e, r] the warp's 16 rows given per k-tile of 16 rows by a(kr, fa).
+template <int NK, class FA>
+__device__ __forceinline__ void state_add_rows(float (&S)[2 * NK][4], const bf16* B, int ld, int Cp, FA a_tile) {
+  constexpr int kMaxRowTiles = kMaxChunk / 16;
+  const bf16* pb = fragment_base(smem_op_t(B, ld), 0);
+#pragma unroll
+  for (int kr = 0; kr < kMaxRowTiles; ++kr) {
+    if (16 * kr >= Cp) break;
+    uint32_t a[4];
+    a_tile(kr, a);
+#pragma unroll
+    for (int n16 = 0; n16 < NK; ++n16) {
+      uint32_t fb[4];
+      ldmatrix_x4<true>(fb, pb + 16 * kr * ld + 16 * n16);
+      mma_bf16(S[2 * n16], a, fb[0], fb[2]);
+      mma_bf16(S[2 * n16 + 1], a, fb[1], fb[3]);
+    }
+  }
+}
+
+// D [e, r] += (Sign S) M^T for rows r < Cp of M [r, f] in shared memory (row stride ld): the
+// state's fragments packed as A (bf16, the rounding of the saved state), M's rows as B.
+template <int Sign, int NK, int NR>
+__device__ __forceinline__ void state_times_rows(float (&D)[NR][4], const float (&S)[2 * NK][4], const bf16* M,
+                                                 int ld, int Cp) {
+  const bf16* pm = fragment_base(smem_op(M, ld), 0);
+#pragma unroll
+  for (int kk = 0; kk < NK; ++kk) {
+    uint32_t a[4];
+    a_fragment_from_c<Sign>(a, S[2 * kk], S[2 * kk + 1]);
+#pragma unroll
+    for (int n16 = 0; n16 < NR / 2; ++n16) {
+      if (16 * n16 >= Cp) break;
+      uint32_t fb[4];
+      ldmatrix_x4<false>(fb, pm + 16 * n16 * ld + 16 * kk);
+      mma_bf16(D[2 * n16], a, fb[0], fb[2]);
+      mma_bf16(D[2 * n16 + 1], a, fb[1], fb[3]);
+    }
+  }
+}
+
 // The forward state pass for bf16 storage, with the state in registers. A block of
 // kStateRegsWarps warps takes 16 value columns per warp; each warp holds its rows e of S [e, f]
 // as mma C fragments (NK k-tiles of 16: 2 NK n8 tiles, 4 NK floats per lane) for the whole
@@ -388,17 +483,23 @@ __global__ void __launch_bounds__(kStateThreads)
 // chunk's loads. The arithmetic is that kernel's: S rounded to bf16 for the product (and the
 // saved state), Delta = U - W S^T accumulated in fp32 and rounded once.
 constexpr int kStateRegsWarps = 4;  // 4 measured faster than 1 or 2 (bench/RESULTS.md, 2026-12-06)
+constexpr int kStateRegsStages = 2;  // 2 and 3 measured equal (the pass does not wait on its loads)
+// Shared memory of the register state passes (byte offsets), Warps x 16 value columns per
+// block: a ring of stages, each with K, W, the value tile U (forward: U; backward: dDelta's
+// P^T dOs part) and gam, backward also Q and dO; then per-warp row vectors (forward: dend;
+// backward: dend and scale Gam).
 struct GdnStateRegsLayout {
-  static constexpr int kCols = 16 * kStateRegsWarps;  // value columns per block
-  int Cp, sk, su;
-  size_t K, W, U, G, stage, dend, total;  // K, W, U, gam within a stage; stage s at s * stage
-  __host__ __device__ GdnStateRegsLayout(int dk, int C, int stages) {
-    Cp = round16(C), sk = tile_stride(dk), su = tile_stride(kCols);
+  int cols, Cp, sk, su;
+  size_t K, W, U, Q, dO, G, stage, vec, total;  // K .. G within a stage; stage s at s * stage
+  __host__ __device__ GdnStateRegsLayout(int dk, int C, int stages, int warps, bool backward) {
+    cols = 16 * warps, Cp = round16(C), sk = tile_stride(dk), su = tile_stride(cols);
     SmemCarve m;
-    K = m.take<bf16>(Cp * sk), W = m.take<bf16>(Cp * sk), U = m.take<bf16>(Cp * su), G = m.take<float>(Cp);
+    K = m.take<bf16>(Cp * sk), W = m.take<bf16>(Cp * sk), U = m.take<bf16>(Cp * su);
+    Q = backward ? m.take<bf16>(Cp * sk) : 0, dO = backward ? m.take<bf16>(Cp * su) : 0;
+    G = m.take<float>(Cp);
     stage = m.bytes;
     m.bytes = stages * stage;
-    dend = m.take<float>(kStateRegsWarps * kMaxChunk);
+    vec = m.take<float>((backward ? 2 : 1) * warps * kMaxChunk);
     total = m.bytes;
   }
 };
@@ -409,13 +510,13 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
                               const bf16* __restrict__ w, const float* __restrict__ gam, GdnDims d) {
   constexpr int kThreadsPerBlock = kStateRegsWarps * kWarp, kNF = 2 * NK, kMaxRowTiles = kMaxChunk / 16;
   extern __shared__ __align__(128) unsigned char smem[];
-  const GdnStateRegsLayout ly(d.dk, d.C, Stages);
+  const GdnStateRegsLayout ly(d.dk, d.C, Stages, kStateRegsWarps, false);
   const int sk = ly.sk, su = ly.su, Cp = ly.Cp, dk = d.dk;
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
-  const int e0 = blockIdx.x * ly.kCols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
-  const int nv_block = min(ly.kCols, d.dv - e0), nv = min(16, d.dv - e0 - ew);  // nv <= 0: a warp past dv
+  const int e0 = blockIdx.x * ly.cols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
+  const int nv_block = min(ly.cols, d.dv - e0), nv = min(16, d.dv - e0 - ew);  // nv <= 0: a warp past dv
   const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
-  float* dend = reinterpret_cast<float*>(smem + ly.dend) + warp * kMaxChunk;
+  float* dend = reinterpret_cast<float*>(smem + ly.vec) + warp * kMaxChunk;
   const auto tile = [&](int s, size_t off) { return reinterpret_cast<bf16*>(smem + s * ly.stage + off); };
 
   // Chunk kc's K, W, U tiles and gam into stage kc % Stages (the caller closes the group).
@@ -424,7 +525,7 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
     load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
     load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.kCols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
+    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.cols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
                                 nv_block, Unit{});
     float* G = reinterpret_cast<float*>(smem + s * ly.stage + ly.G);
     const float* src = gam + (head * d.NC + kc) * Cp;  // Cp floats per chunk: 16-byte aligned rows
@@ -444,20 +545,7 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
     cp_async_commit();
 
     // The state entering the chunk, as the product will read it (bf16), to chunk_states.
-    if (nv > 0) {
-      bf16* cs = chunk_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0 + ew) * dk;
-#pragma unroll
-      for (int j = 0; j < kNF; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int e = gq + 8 * h, f = 8 * j + 2 * t;
-          if (e >= nv) continue;
-          if (f + 1 < dk && dk % 2 == 0)
-            *reinterpret_cast<__nv_bfloat162*>(cs + e * dk + f) = __floats2bfloat162_rn(S[j][2 * h], S[j][2 * h + 1]);
-          else if (f < dk)
-            cs[e * dk + f] = from_f32<bf16>(S[j][2 * h]);
-        }
-    }
+    if (nv > 0) store_state_rows(chunk_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0 + ew) * dk, S, nv, dk);
     cp_async_wait<Stages - 1>();
     __syncthreads();
     const bf16 *Ks = tile(s, ly.K), *Ws = tile(s, ly.W);
@@ -470,28 +558,8 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
 
     // Delta^T = U^T - S W^T: n8 tile j holds rows r = 8 j .. of the chunk.
     float D[2 * kMaxRowTiles][4];
-#pragma unroll
-    for (int j = 0; j < 2 * kMaxRowTiles; ++j) {
-      if (8 * j >= Cp) break;  // tiles past the chunk stay unused
-      const int r = 8 * j + 2 * t;
-      D[j][0] = to_f32(Us[r * su + gq]), D[j][1] = to_f32(Us[(r + 1) * su + gq]);
-      D[j][2] = to_f32(Us[r * su + gq + 8]), D[j][3] = to_f32(Us[(r + 1) * su + gq + 8]);
-    }
-    const bf16* pw = fragment_base(smem_op(Ws, sk), 0);
-#pragma unroll
-    for (int kk = 0; kk < NK; ++kk) {
-      const uint32_t a[4] = {pack_bf16(-S[2 * kk][0], -S[2 * kk][1]), pack_bf16(-S[2 * kk][2], -S[2 * kk][3]),
-                             pack_bf16(-S[2 * kk + 1][0], -S[2 * kk + 1][1]),
-                             pack_bf16(-S[2 * kk + 1][2], -S[2 * kk + 1][3])};
-#pragma unroll
-      for (int n16 = 0; n16 < kMaxRowTiles; ++n16) {
-        if (16 * n16 >= Cp) break;
-        uint32_t fb[4];
-        ldmatrix_x4<false>(fb, pw + 16 * n16 * sk + 16 * kk);
-        mma_bf16(D[2 * n16], a, fb[0], fb[2]);
-        mma_bf16(D[2 * n16 + 1], a, fb[1], fb[3]);
-      }
-    }
+    load_transposed(D, Us, su, Cp);
+    state_times_rows<-1, NK>(D, S, Ws, sk, Cp);
     // Delta (bf16) over U in shared memory for the copy out; D <- Delta^T diag(dend) for the update.
 #pragma unroll
     for (int j = 0; j < 2 * kMaxRowTiles; ++j) {
@@ -508,34 +576,10 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
     for (int j = 0; j < kNF; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) S[j][c] *= Gam_end;
-    const bf16* pk = fragment_base(smem_op_t(Ks, sk), 0);
-#pragma unroll
-    for (int kr = 0; kr < kMaxRowTiles; ++kr) {
-      if (16 * kr >= Cp) break;
-      const uint32_t a[4] = {pack_bf16(D[2 * kr][0], D[2 * kr][1]), pack_bf16(D[2 * kr][2], D[2 * kr][3]),
-                             pack_bf16(D[2 * kr + 1][0], D[2 * kr + 1][1]),
-                             pack_bf16(D[2 * kr + 1][2], D[2 * kr + 1][3])};
-#pragma unroll
-      for (int n16 = 0; n16 < NK; ++n16) {
-        uint32_t fb[4];
-        ldmatrix_x4<true>(fb, pk + 16 * kr * sk + 16 * n16);
-        mma_bf16(S[2 * n16], a, fb[0], fb[2]);
-        mma_bf16(S[2 * n16 + 1], a, fb[1], fb[3]);
-      }
-    }
+    state_add_rows<NK>(S, Ks, sk, Cp, [&](int kr, uint32_t(&a)[4]) { a_fragment_from_c(a, D[2 * kr], D[2 * kr + 1]); });
     // Delta to global memory over U: the warp's 16 columns of the chunk's rows.
     __syncwarp();
-    if (nv > 0) {
-      bf16* udc = ud + (head * d.Tn + t0) * d.dv + e0 + ew;
-      if (nv == 16 && d.dv % 8 == 0 && aligned16(udc)) {
-        for (int i = lane; i < 2 * L; i += kWarp) {
-          const int r = i / 2, c = (i % 2) * 8;
-          *reinterpret_cast<uint4*>(udc + int64_t(r) * d.dv + c) = *reinterpret_cast<const uint4*>(Us + r * su + c);
-        }
-      } else {
-        for (int i = lane; i < L * nv; i += kWarp) udc[int64_t(i / nv) * d.dv + i % nv] = Us[(i / nv) * su + i % nv];
-      }
-    }
+    if (nv > 0) store_warp_columns(ud + (head * d.Tn + t0) * d.dv + e0 + ew, d.dv, Us, su, L, nv);
     __syncthreads();  // stage s is refilled Stages - 1 iterations on
   }
 }
@@ -617,10 +661,11 @@ __global__ void __launch_bounds__(kChunkThreads)
 //   1. gdn_bwd_prepare_kernel (per chunk): T = (I + A)^-1, W = T diag(beta Gam) K,
 //      Delta = T diag(beta) V - W S^T (S from the forward's chunk_states) and the chunk-local
 //      part of dDelta, P^T dOs (P = Q K^T o decay, lower; dOs = scale dO): T, W, Delta and
-//      dDelta to scratch.
-//   2. gdn_bwd_state_kernel (per slice of 32 value columns, chunks in reverse): completes
+//      dDelta, and gam = cumsum(g) per chunk, to scratch.
+//   2. the dS pass (per slice of value columns, chunks in reverse): completes
 //      dDelta += diag(dend) K dS^T, saves dS, then dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
-//      (fp32 across chunks; two small products per chunk).
+//      (fp32 across chunks; three small products per chunk): gdn_bwd_state_regs_kernel for
+//      bf16 (dS in registers), gdn_bwd_state_kernel (shared memory) otherwise.
 //   3. gdn_bwd_grads_kernel (per chunk, over value tiles): with S, dS, Delta, dDelta known,
 //      dQ = diag(Gam) dOs S + dPd K, dK = diag(dend) Delta dS + dPd^T Q + diag(beta Gam) dRW
 //      + (dKK + dKK^T) K, dV = diag(beta) dRU, dbeta, dgam, dg, where dRU = T^T dDelta,
@@ -656,7 +701,7 @@ struct GdnPrepLayout {
 template <class E, class TG>
 __global__ void __launch_bounds__(kPrepThreads, 2)
     gdn_bwd_prepare_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ delta,
-                           E* __restrict__ d_delta, const E* __restrict__ q, const E* __restrict__ k,
+                           E* __restrict__ d_delta, float* __restrict__ gam_out, const E* __restrict__ q, const E* __restrict__ k,
                            const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
                            const E* __restrict__ d_o, const E* __restrict__ chunk_states, GdnDims d, int bv,
                            float scale) {
@@ -684,6 +729,8 @@ __global__ void __launch_bounds__(kPrepThreads, 2)
   load_rows<kPrepThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_rows<kPrepThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_gates<kPrepThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
+  // gam per chunk (zero-padded to Cp) for the register state pass.
+  for (int i = int(threadIdx.x); i < Cp; i += kPrepThreads) gam_out[(head * d.NC + kc) * Cp + i] = i < L ? gam[i] : 0.f;
   // P = Q K^T o decay (lower); T and W (chunk_wy) to scratch for the other kernels.
   smem_product<kPrepThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
     P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
@@ -769,6 +816,116 @@ __global__ void __launch_bounds__(kStateThreads)
     smem_product<kStateThreads>(kStateCols, dkp, 2 * Cp, smem_op_t(X, sx), smem_op_t(QW, sk),
                                 [&](int e, int f, float acc) { dS[e * sk + f] = Gam_end * dS[e * sk + f] + acc; });
     __syncthreads();
+  }
+}
+
+// The backward state pass for bf16 storage, with dS in registers: the forward register pass's
+// structure over the chunks in reverse. Warps x 16 value columns per block, each warp its 16
+// rows e of dS [e, f] as mma C fragments for the whole pass; per chunk, with Cp <= 64 rows r:
+//   d_states <- dS (bf16; what the grads kernel reads for the chunk)
+//   dDelta^T [e, r] = X^T + (dS K^T) diag(dend)   (A = dS packed, B = rows of K; X = P^T dOs
+//                                                  from the prepare kernel, over which dDelta goes)
+//   dS <- Gam_{L-1} dS + (dO diag(scale Gam))^T Q - dDelta^T W
+//     (A = dO^T by transposed ldmatrix, scaled per row r; A = -dDelta^T packed; B = Q^T, W^T)
+// K, Q, W, X, dO and gam (the prepare kernel's) pass through a ring of Stages buffers filled by
+// cp.async. The arithmetic is gdn_bwd_state_kernel's: dS rounded to bf16 for the products (and
+// d_states), dDelta accumulated in fp32 and rounded once, scale Gam dO rounded to bf16.
+// Warps is chosen so that two blocks fit an SM (bwd_state_regs_warps).
+template <int Stages, int NK, int Warps>
+__global__ void __launch_bounds__(Warps * kWarp)
+    gdn_bwd_state_regs_kernel(bf16* __restrict__ d_states, bf16* __restrict__ d_delta, const bf16* __restrict__ q,
+                              const bf16* __restrict__ k, const bf16* __restrict__ w, const float* __restrict__ gam,
+                              const bf16* __restrict__ d_o, GdnDims d, float scale) {
+  constexpr int kThreadsPerBlock = Warps * kWarp, kNF = 2 * NK, kMaxRowTiles = kMaxChunk / 16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const GdnStateRegsLayout ly(d.dk, d.C, Stages, Warps, true);
+  const int sk = ly.sk, su = ly.su, Cp = ly.Cp, dk = d.dk;
+  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
+  const int e0 = blockIdx.x * ly.cols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
+  const int nv_block = min(ly.cols, d.dv - e0), nv = min(16, d.dv - e0 - ew);  // nv <= 0: a warp past dv
+  const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  const int64_t DV = int64_t(d.Hv) * d.dv;
+  float* dend = reinterpret_cast<float*>(smem + ly.vec) + warp * 2 * kMaxChunk;
+  float* wq = dend + kMaxChunk;  // scale Gam per row
+  const auto tile = [&](int s, size_t off) { return reinterpret_cast<bf16*>(smem + s * ly.stage + off); };
+
+  // Chunk kc's K, Q, W, X, dO tiles and gam into stage kc % Stages (the caller closes the group).
+  const auto issue_loads = [&](int kc) {
+    const int s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    const int64_t bt0 = int64_t(b) * d.Tn + t0;
+    load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.Q), sk, Cp, 16 * NK, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.cols, d_delta + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
+                                nv_block, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.dO), su, Cp, ly.cols, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L,
+                                nv_block, Unit{});
+    float* G = reinterpret_cast<float*>(smem + s * ly.stage + ly.G);
+    const float* src = gam + (head * d.NC + kc) * Cp;  // Cp floats per chunk: 16-byte aligned rows
+    for (int i = int(threadIdx.x); i < Cp / 4; i += kThreadsPerBlock) cp_async16(G + 4 * i, src + 4 * i, 16);
+  };
+
+  float dS[kNF][4] = {};  // dS [e, f]: n8 tile j holds f = 8 j .., rows e = gq, gq + 8
+  for (int c = 0; c < Stages - 1; ++c) {  // chunk NC - 1 - c into stage c; one group each
+    if (c < d.NC) issue_loads(d.NC - 1 - c);
+    cp_async_commit();
+  }
+  for (int i = 0; i < d.NC; ++i) {
+    const int kc = d.NC - 1 - i, s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
+    if (i + Stages - 1 < d.NC) issue_loads(kc - (Stages - 1));
+    cp_async_commit();
+
+    if (nv > 0) store_state_rows(d_states + (head * d.NC + kc) * d.dv * dk + int64_t(e0 + ew) * dk, dS, nv, dk);
+    cp_async_wait<Stages - 1>();
+    __syncthreads();
+    const bf16 *Ks = tile(s, ly.K), *Qs = tile(s, ly.Q), *Ws = tile(s, ly.W), *dOs = tile(s, ly.dO) + ew;
+    bf16* Xs = tile(s, ly.U) + ew;  // this warp's columns
+    const float* G = reinterpret_cast<const float*>(smem + s * ly.stage + ly.G);
+    const float gam_end = G[L - 1], Gam_end = expf(gam_end);
+    for (int r = lane; r < 2 * kWarp; r += kWarp) {
+      dend[r] = r < L ? expf(gam_end - G[r]) : 0.f;
+      wq[r] = r < L ? scale * expf(G[r]) : 0.f;
+    }
+    __syncwarp();
+
+    // dDelta^T = X^T + (dS K^T) diag(dend): n8 tile j holds rows r = 8 j .. of the chunk.
+    float D[2 * kMaxRowTiles][4] = {};
+    state_times_rows<1, NK>(D, dS, Ks, sk, Cp);
+#pragma unroll
+    for (int j = 0; j < 2 * kMaxRowTiles; ++j) {
+      if (8 * j >= Cp) break;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int r = 8 * j + 2 * t + c % 2, e = gq + 8 * (c / 2);
+        D[j][c] = to_f32(Xs[r * su + e]) + dend[r] * D[j][c];
+        Xs[r * su + e] = from_f32<bf16>(D[j][c]);
+      }
+    }
+    // dS <- Gam_{L-1} dS + (dO diag(scale Gam))^T Q - dDelta^T W.
+#pragma unroll
+    for (int j = 0; j < kNF; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) dS[j][c] *= Gam_end;
+    state_add_rows<NK>(dS, Ws, sk, Cp,
+                       [&](int kr, uint32_t(&a)[4]) { a_fragment_from_c<-1>(a, D[2 * kr], D[2 * kr + 1]); });
+    const bf16* pdo = fragment_base(smem_op_t(dOs, su), 0);
+    state_add_rows<NK>(dS, Qs, sk, Cp, [&](int kr, uint32_t(&a)[4]) {
+      ldmatrix_x4<true>(a, pdo + 16 * kr * su);  // registers 0, 1 at rows r = 16 kr + 2 t, + 1; 2, 3 at + 8
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = 16 * kr + 2 * t + 8 * h;
+        const float w0 = wq[r], w1 = wq[r + 1];
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[2 * h + m]));
+          a[2 * h + m] = pack_bf16(x.x * w0, x.y * w1);
+        }
+      }
+    });
+    // dDelta to global memory over X: the warp's 16 columns of the chunk's rows.
+    __syncwarp();
+    if (nv > 0) store_warp_columns(d_delta + (head * d.Tn + t0) * d.dv + e0 + ew, d.dv, Xs, su, L, nv);
+    __syncthreads();  // stage s is refilled Stages - 1 iterations on
   }
 }
 
@@ -1152,26 +1309,56 @@ int half_sm_smem(const Context& ctx, const std::string& shapes) {
   return per_sm / 2 - 1024;
 }
 
-// The forward state pass over chunks: for bf16 storage and dk <= 128 the register kernel
-// (NK = round16(dk) / 16 k-tiles, a compile-time count so that the state stays in registers),
-// else the shared-memory kernel (fp32 storage keeps exact FMAs; a wider state would not fit a
-// warp's registers).
+// The state passes over chunks: for bf16 storage and dk <= 128 the register kernels, else the
+// shared-memory kernels (fp32 storage keeps exact FMAs; a wider state would not fit a warp's
+// registers). with_state_k_tiles calls launch with NK = round16(dk) / 16 as a compile-time
+// count (std::integral_constant), so that the state's fragments stay in registers.
 constexpr int kStateRegsMaxK = 8;
-template <int Stages, int NK = 1>
-void launch_state_regs(Context& ctx, bf16* chunk_states, bf16* ud, const bf16* k, const bf16* w, const float* gam,
-                       const GdnDims& d, int B, int max_smem, const std::string& shapes) {
+template <class T>
+bool state_in_registers(const GdnDims& d) {
+  return std::is_same_v<T, bf16> && round16(d.dk) <= 16 * kStateRegsMaxK;
+}
+template <int NK = 1, class Launch>
+void with_state_k_tiles(int dk, const Launch& launch) {
   if constexpr (NK < kStateRegsMaxK) {
-    if (round16(d.dk) / 16 != NK) {
-      launch_state_regs<Stages, NK + 1>(ctx, chunk_states, ud, k, w, gam, d, B, max_smem, shapes);
-      return;
-    }
+    if (round16(dk) / 16 != NK) return with_state_k_tiles<NK + 1>(dk, launch);
   }
-  const auto kernel = gdn_fwd_state_regs_kernel<Stages, NK>;
-  const size_t smem = GdnStateRegsLayout(d.dk, d.C, Stages).total;
-  set_smem(kernel, smem, max_smem, shapes, "gdn_fwd_state_regs_kernel");
-  const dim3 grid(unsigned(ceil_div(d.dv, GdnStateRegsLayout::kCols)), unsigned(d.Hv), unsigned(B));
-  kernel<<<grid, kStateRegsWarps * kWarp, smem, ctx.stream>>>(chunk_states, ud, k, w, gam, d);
-  CUDA_CHECK_LAUNCH("gdn_fwd_state_regs_kernel", shapes);
+  launch(std::integral_constant<int, NK>{});
+}
+
+void launch_fwd_state_regs(Context& ctx, bf16* chunk_states, bf16* ud, const bf16* k, const bf16* w, const float* gam,
+                           const GdnDims& d, int B, int max_smem, const std::string& shapes) {
+  with_state_k_tiles(d.dk, [&](auto nk) {
+    const auto kernel = gdn_fwd_state_regs_kernel<kStateRegsStages, decltype(nk)::value>;
+    const GdnStateRegsLayout ly(d.dk, d.C, kStateRegsStages, kStateRegsWarps, false);
+    set_smem(kernel, ly.total, max_smem, shapes, "gdn_fwd_state_regs_kernel");
+    const dim3 grid(unsigned(ceil_div(d.dv, ly.cols)), unsigned(d.Hv), unsigned(B));
+    kernel<<<grid, kStateRegsWarps * kWarp, ly.total, ctx.stream>>>(chunk_states, ud, k, w, gam, d);
+    CUDA_CHECK_LAUNCH("gdn_fwd_state_regs_kernel", shapes);
+  });
+}
+
+// The backward register pass takes 4 warps per block, or 3 where that lets two blocks share
+// an SM and 4 does not (dk 96 at chunk 64: 117 KB of shared memory at 4 warps, 110 KB at 3):
+// the pass is a chain of dependent chunk steps, and a second block hides its latencies.
+void launch_bwd_state_regs(Context& ctx, bf16* d_states, bf16* d_delta, const bf16* q, const bf16* k, const bf16* w,
+                           const float* gam, const bf16* d_o, const GdnDims& d, int B, float scale, int max_smem,
+                           int half_sm, const std::string& shapes) {
+  const auto layout = [&](int warps) { return GdnStateRegsLayout(d.dk, d.C, kStateRegsStages, warps, true); };
+  int warps = layout(4).total > size_t(half_sm) && layout(3).total <= size_t(half_sm) ? 3 : 4;
+  if (const char* e = std::getenv("HYSIM_GDN_BWD_STATE_WARPS")) warps = std::atoi(e) == 3 ? 3 : 4;  // EXPERIMENT
+  with_state_k_tiles(d.dk, [&](auto nk) {
+    const auto run = [&](auto kernel, int nwarps) {
+      const GdnStateRegsLayout ly = layout(nwarps);
+      set_smem(kernel, ly.total, max_smem, shapes, "gdn_bwd_state_regs_kernel");
+      const dim3 grid(unsigned(ceil_div(d.dv, ly.cols)), unsigned(d.Hv), unsigned(B));
+      kernel<<<grid, nwarps * kWarp, ly.total, ctx.stream>>>(d_states, d_delta, q, k, w, gam, d_o, d, scale);
+      CUDA_CHECK_LAUNCH("gdn_bwd_state_regs_kernel", shapes);
+    };
+    constexpr int NK = decltype(nk)::value;
+    if (warps == 3) run(gdn_bwd_state_regs_kernel<kStateRegsStages, NK, 3>, 3);
+    else run(gdn_bwd_state_regs_kernel<kStateRegsStages, NK, 4>, 4);
+  });
 }
 
 template <class T, class TG>
@@ -1203,16 +1390,10 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   const dim3 per_chunk(unsigned(d.NC), unsigned(c.n_v_heads), unsigned(B));
   gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(w, ud, gam, k, v, beta, g, d, bv_wy);
   CUDA_CHECK_LAUNCH("gdn_fwd_wy_kernel", shapes);
-  bool state_in_registers = false;
   if constexpr (std::is_same_v<T, bf16>) {
-    if (round16(d.dk) <= 16 * kStateRegsMaxK && !std::getenv("HYSIM_GDN_STATE_OLD")) {  // EXPERIMENT toggle
-      state_in_registers = true;
-      const char* sv = std::getenv("HYSIM_GDN_STATE_STAGES");  // EXPERIMENT: removed after measuring
-      if (sv && std::atoi(sv) == 2) launch_state_regs<2>(ctx, chunk_states, ud, k, w, gam, d, int(B), max_smem, shapes);
-      else launch_state_regs<3>(ctx, chunk_states, ud, k, w, gam, d, int(B), max_smem, shapes);
-    }
+    if (state_in_registers<T>(d)) launch_fwd_state_regs(ctx, chunk_states, ud, k, w, gam, d, int(B), max_smem, shapes);
   }
-  if (!state_in_registers) {
+  if (!state_in_registers<T>(d)) {
     gdn_fwd_state_kernel<T, TG>
         <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
            ctx.stream>>>(chunk_states, ud, k, w, g, d);
@@ -1258,6 +1439,7 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   T* delta = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn backward Delta");
   T* d_delta = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn backward dDelta");
   T* d_states = ctx.scratch.alloc<T>(heads * NC * d.dv * d.dk, "gdn backward dS per chunk");
+  float* gam = ctx.scratch.alloc<float>(heads * NC * round16(d.C), "gdn backward gam = cumsum(g) per chunk");
   const int64_t group = c.n_v_heads / c.n_heads, per_heads = B * Tn * c.n_v_heads * c.d_head_k;
   float* dq_heads = group > 1 ? ctx.scratch.alloc<float>(per_heads, "gdn backward dq per value head") : nullptr;
   float* dk_heads = group > 1 ? ctx.scratch.alloc<float>(per_heads, "gdn backward dk per value head") : nullptr;
@@ -1265,12 +1447,20 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
   const dim3 per_chunk(unsigned(NC), unsigned(c.n_v_heads), unsigned(B));
   gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kPrepThreads, smem_prep, ctx.stream>>>(
-      t_inv, w, delta, d_delta, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
+      t_inv, w, delta, d_delta, gam, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_prepare_kernel", shapes);
-  gdn_bwd_state_kernel<T, TG>
-      <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
-         ctx.stream>>>(d_states, d_delta, q, k, w, g, d_o, d, scale);
-  CUDA_CHECK_LAUNCH("gdn_bwd_state_kernel", shapes);
+  const bool regs = state_in_registers<T>(d) && !std::getenv("HYSIM_GDN_BWD_STATE_OLD");  // EXPERIMENT toggle
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (regs)
+      launch_bwd_state_regs(ctx, d_states, d_delta, q, k, w, gam, d_o, d, int(B), scale, max_smem,
+                            half_sm_smem(ctx, shapes), shapes);
+  }
+  if (!regs) {
+    gdn_bwd_state_kernel<T, TG>
+        <<<dim3(unsigned(ceil_div(d.dv, kStateCols)), unsigned(c.n_v_heads), unsigned(B)), kStateThreads, smem_state,
+           ctx.stream>>>(d_states, d_delta, q, k, w, g, d_o, d, scale);
+    CUDA_CHECK_LAUNCH("gdn_bwd_state_kernel", shapes);
+  }
   grads_kernel<<<per_chunk, kGradThreads, smem_grad, ctx.stream>>>(
       dq, dk, dq_heads, dk_heads, dv, dbeta, dg, q, k, v, beta, g, d_o, chunk_states, t_inv, delta, d_delta, d_states,
       d, bv_grad, scale);
@@ -1292,11 +1482,12 @@ size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn
 }
 
 // Scratch of gdn_chunk_backward: T per chunk, W, Delta, dDelta, dS per chunk in the storage
-// type, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
+// type, fp32 gam per chunk, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
 size_t gdn_chunk_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes) {
   const int64_t heads = B * c.n_v_heads, NC = c.n_chunks(Tn), C = c.chunk_size;
   size_t n = storage_bytes * size_t(heads * (NC * C * C + Tn * (c.d_head_k + 2 * c.d_head_v) +
                                              NC * c.d_head_v * c.d_head_k));
+  n += sizeof(float) * size_t(heads * NC * round16(int(C)));  // gam per chunk
   if (c.n_v_heads > c.n_heads) n += 2 * sizeof(float) * size_t(heads * Tn * c.d_head_k);
   return n + 8 * DeviceArena::round_up(1);
 }

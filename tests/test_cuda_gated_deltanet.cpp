@@ -257,12 +257,16 @@ TEST_CASE("gdn chunked forward CUDA bf16 storage matches the CPU") {
   // columns, the others past dv hold none).
   check_gdn<bf16>(1, 300, 2, 2, 96, 192, 64, 8);
   check_gdn<bf16>(2, 100, 1, 2, 96, 50, 64, 9);
+  // Odd dk (the saved state's last column is written alone) and dv 100 (the second block's
+  // value tile of 36 columns: the scalar load path, a warp with 4 columns, one past dv).
+  check_gdn<bf16>(1, 150, 1, 1, 35, 100, 64, 10);
 }
 
 // The value dimension is tiled twice (layers/gated_deltanet.cu): the dS pass takes slices of 32
-// columns (dv 48, 50: a full slice and a ragged one; dv 192: six), the per-chunk kernels tiles
-// of 64 (bf16) or, where 64 would not fit shared memory, 32 (fp32 storage at dk 96: six tiles
-// of dv 192 summed in order); dv 50 is one ragged tile padded to 64.
+// columns for fp32 storage (dv 48, 50: a full slice and a ragged one; dv 192: six) and 16 per
+// warp, 3 or 4 warps per block, for bf16; the per-chunk kernels tiles of 64 (bf16) or, where
+// 64 would not fit shared memory, 32 (fp32 storage at dk 96: six tiles of dv 192 summed in
+// order); dv 50 is one ragged tile padded to 64.
 TEST_CASE("gdn chunked backward CUDA fp32 storage matches the CPU (small)") {
   check_gdn_backward<float>(2, 150, 2, 4, 32, 48, 64, 11);  // Hv > H, last chunk short
   check_gdn_backward<float>(1, 40, 2, 4, 16, 32, 16, 12);   // small chunks, ragged last chunk
@@ -281,6 +285,11 @@ TEST_CASE("gdn chunked backward CUDA bf16 storage matches the CPU") {
   check_gdn_backward<bf16>(1, 100, 1, 2, 16, 50, 64, 19);  // ragged value slices and mma tiles
   check_gdn_backward<bf16>(1, 40, 2, 4, 16, 32, 16, 20);   // small chunks
   check_gdn_backward<bf16>(1, 192, 2, 2, 128, 64, 64, 21);  // dk 128: the grads kernel's 12-slot variant
+  // The dS pass keeps dS in registers for bf16: 3 warps per block at dk 96 (two blocks per
+  // SM), dv 50 (one block of 48 columns, one of 2); 4 warps at odd dk 35, dv 100 (a block of
+  // 36 columns: the scalar load path, a warp with 4 columns, one past dv).
+  check_gdn_backward<bf16>(2, 100, 1, 2, 96, 50, 64, 22);
+  check_gdn_backward<bf16>(1, 150, 1, 2, 35, 100, 64, 23);
 }
 
 TEST_CASE("gdn layer CUDA (projections, conv, L2 norm, beta/g, core, gated RMSNorm) matches the CPU layer") {

@@ -130,6 +130,17 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// The m16n8k16 A fragment (bf16, times Sign) of a 16 x 16 block held as the C fragments of two
+// n8 tiles (c0: columns k 0-7, c1: k 8-15): a product's result feeds the next product from
+// registers (C: c0, c1 at row g, columns 2t, 2t+1, c2, c3 at row g + 8; A: a0 (g, 2t..),
+// a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)).
+template <int Sign = 1>
+__device__ __forceinline__ void a_fragment_from_c(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  static_assert(Sign == 1 || Sign == -1, "Sign is +1 or -1");
+  a[0] = pack_bf16(Sign * c0[0], Sign * c0[1]), a[1] = pack_bf16(Sign * c0[2], Sign * c0[3]);
+  a[2] = pack_bf16(Sign * c1[0], Sign * c1[1]), a[3] = pack_bf16(Sign * c1[2], Sign * c1[3]);
+}
+
 // mma.sync m16n8k8 on tf32 (the chunked scans' block_mma).
 // Fragment layouts (g = lane / 4, t = lane % 4; one tf32 per register):
 //   A 16x8: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
