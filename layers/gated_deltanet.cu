@@ -12,8 +12,8 @@
 // and the state entering each chunk saved to chunk_states (what the backward reads).
 // Only S carries from chunk to chunk, so three kernels: W and U per chunk (all chunks at
 // once); the state pass per slice of value columns (Delta = U - W S^T and S', two small
-// products per chunk, in order; S in registers for bf16 storage); the output per chunk. The backward is split the same way
-// (section "core backward").
+// products per chunk, in order; S in registers for bf16 storage); the output per chunk. The
+// backward is split the same way (section "core backward").
 //
 // Operands live in shared memory in the storage type, whole chunk matrices, multiplied by
 // smem_product (core/cuda/device_util.cuh): bf16 by ldmatrix + mma.sync m16n8k16 with fp32
@@ -381,6 +381,26 @@ __global__ void __launch_bounds__(kStateThreads)
 // f = 8 j .. 8 j + 7, a lane the values at rows gq, gq + 8 and columns 2 t, 2 t + 1 (gq = lane
 // / 4, t = lane % 4).
 
+// A register pass block's place: value columns e0 .. e0 + cols of value head hv, batch b; the
+// warp's 16 columns from ew (nv of them inside dv, <= 0 for a warp past dv); head offsets.
+struct StateRegsBlock {
+  int e0, ew, hv, b, nv_block, nv;
+  int64_t head, QK, qk_off;
+  __device__ StateRegsBlock(const GdnDims& d, int cols) {
+    e0 = int(blockIdx.x) * cols, ew = int(threadIdx.x) / kWarp * 16, hv = int(blockIdx.y), b = int(blockIdx.z);
+    nv_block = min(cols, d.dv - e0), nv = min(16, d.dv - e0 - ew);
+    head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * d.dk, qk_off = int64_t(hv / (d.Hv / d.H)) * d.dk;
+  }
+};
+
+// Chunk kc's gam (Cp floats, zero-padded, from the W/U or prepare kernel) into G by cp.async.
+template <int Threads>
+__device__ __forceinline__ void load_chunk_gam(float* G, const float* gam, int64_t head, const GdnDims& d, int kc,
+                                               int Cp) {
+  const float* src = gam + (head * d.NC + kc) * Cp;  // Cp floats per chunk: 16-byte aligned rows
+  for (int i = int(threadIdx.x); i < Cp / 4; i += Threads) cp_async16(G + 4 * i, src + 4 * i, 16);
+}
+
 // The warp's rows e < nv, columns f < dk of the state, rounded to bf16, to dst (row stride dk).
 template <int NF>
 __device__ __forceinline__ void store_state_rows(bf16* dst, const float (&S)[NF][4], int nv, int dk) {
@@ -513,9 +533,9 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
   const GdnStateRegsLayout ly(d.dk, d.C, Stages, kStateRegsWarps, false);
   const int sk = ly.sk, su = ly.su, Cp = ly.Cp, dk = d.dk;
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
-  const int e0 = blockIdx.x * ly.cols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
-  const int nv_block = min(ly.cols, d.dv - e0), nv = min(16, d.dv - e0 - ew);  // nv <= 0: a warp past dv
-  const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  const StateRegsBlock blk(d, ly.cols);
+  const int e0 = blk.e0, ew = blk.ew, b = blk.b, nv_block = blk.nv_block, nv = blk.nv;
+  const int64_t head = blk.head, QK = blk.QK, qk_off = blk.qk_off;
   float* dend = reinterpret_cast<float*>(smem + ly.vec) + warp * kMaxChunk;
   const auto tile = [&](int s, size_t off) { return reinterpret_cast<bf16*>(smem + s * ly.stage + off); };
 
@@ -527,9 +547,7 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
     load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
     load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.cols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
                                 nv_block, Unit{});
-    float* G = reinterpret_cast<float*>(smem + s * ly.stage + ly.G);
-    const float* src = gam + (head * d.NC + kc) * Cp;  // Cp floats per chunk: 16-byte aligned rows
-    for (int i = int(threadIdx.x); i < Cp / 4; i += kThreadsPerBlock) cp_async16(G + 4 * i, src + 4 * i, 16);
+    load_chunk_gam<kThreadsPerBlock>(reinterpret_cast<float*>(smem + s * ly.stage + ly.G), gam, head, d, kc, Cp);
   };
 
   float S[kNF][4] = {};  // S [e, f]: n8 tile j holds f = 8 j .., rows e = gq, gq + 8
@@ -701,8 +719,8 @@ struct GdnPrepLayout {
 template <class E, class TG>
 __global__ void __launch_bounds__(kPrepThreads, 2)
     gdn_bwd_prepare_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ delta,
-                           E* __restrict__ d_delta, float* __restrict__ gam_out, const E* __restrict__ q, const E* __restrict__ k,
-                           const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
+                           E* __restrict__ d_delta, float* __restrict__ gam_out, const E* __restrict__ q,
+                           const E* __restrict__ k, const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
                            const E* __restrict__ d_o, const E* __restrict__ chunk_states, GdnDims d, int bv,
                            float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -830,7 +848,7 @@ __global__ void __launch_bounds__(kStateThreads)
 // K, Q, W, X, dO and gam (the prepare kernel's) pass through a ring of Stages buffers filled by
 // cp.async. The arithmetic is gdn_bwd_state_kernel's: dS rounded to bf16 for the products (and
 // d_states), dDelta accumulated in fp32 and rounded once, scale Gam dO rounded to bf16.
-// Warps is chosen so that two blocks fit an SM (bwd_state_regs_warps).
+// Warps is chosen by launch_bwd_state_regs.
 template <int Stages, int NK, int Warps>
 __global__ void __launch_bounds__(Warps * kWarp)
     gdn_bwd_state_regs_kernel(bf16* __restrict__ d_states, bf16* __restrict__ d_delta, const bf16* __restrict__ q,
@@ -841,9 +859,9 @@ __global__ void __launch_bounds__(Warps * kWarp)
   const GdnStateRegsLayout ly(d.dk, d.C, Stages, Warps, true);
   const int sk = ly.sk, su = ly.su, Cp = ly.Cp, dk = d.dk;
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
-  const int e0 = blockIdx.x * ly.cols, ew = warp * 16, hv = blockIdx.y, b = blockIdx.z;
-  const int nv_block = min(ly.cols, d.dv - e0), nv = min(16, d.dv - e0 - ew);  // nv <= 0: a warp past dv
-  const int64_t head = int64_t(b) * d.Hv + hv, QK = int64_t(d.H) * dk, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
+  const StateRegsBlock blk(d, ly.cols);
+  const int e0 = blk.e0, ew = blk.ew, hv = blk.hv, b = blk.b, nv_block = blk.nv_block, nv = blk.nv;
+  const int64_t head = blk.head, QK = blk.QK, qk_off = blk.qk_off;
   const int64_t DV = int64_t(d.Hv) * d.dv;
   float* dend = reinterpret_cast<float*>(smem + ly.vec) + warp * 2 * kMaxChunk;
   float* wq = dend + kMaxChunk;  // scale Gam per row
@@ -860,9 +878,7 @@ __global__ void __launch_bounds__(Warps * kWarp)
                                 nv_block, Unit{});
     load_rows<kThreadsPerBlock>(tile(s, ly.dO), su, Cp, ly.cols, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L,
                                 nv_block, Unit{});
-    float* G = reinterpret_cast<float*>(smem + s * ly.stage + ly.G);
-    const float* src = gam + (head * d.NC + kc) * Cp;  // Cp floats per chunk: 16-byte aligned rows
-    for (int i = int(threadIdx.x); i < Cp / 4; i += kThreadsPerBlock) cp_async16(G + 4 * i, src + 4 * i, 16);
+    load_chunk_gam<kThreadsPerBlock>(reinterpret_cast<float*>(smem + s * ly.stage + ly.G), gam, head, d, kc, Cp);
   };
 
   float dS[kNF][4] = {};  // dS [e, f]: n8 tile j holds f = 8 j .., rows e = gq, gq + 8
@@ -984,8 +1000,10 @@ struct GdnGradLayout {
     K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Tb = m.take<E>(Cp * sc), PL = m.take<E>(Cp * sc);
     ring = m.bytes;
     m.bytes += 2 * stage;
-    G = ring + stage;
-    if (G + sizeof(float) * Cp * sc > m.bytes) m.bytes = (G + sizeof(float) * Cp * sc + 127) / 128 * 128;
+    SmemCarve g = m;
+    g.bytes = ring + stage;
+    G = g.take<float>(Cp * sc);
+    if (g.bytes > m.bytes) m = g;
     dRU = m.take<E>(Cp * sv);
     rows = m.take<float>(Cp * 2 * tn);
     vec = m.take<float>(7 * Cp + kGradWarps);
