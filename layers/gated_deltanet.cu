@@ -982,29 +982,22 @@ __device__ __forceinline__ int lower_tile(int i, int Cp) {
   return mi < Cp / 16 ? pack_tile(mi * 16, (i - mi * (mi + 1) / 2) * 16) : -1;
 }
 
-// Shared memory of gdn_bwd_grads_kernel (byte offsets): K, Q; T; P / dPd, then dKK (PL); a
-// ring of two stages of value tiles, each S, A, D, B (first loop: S, dS, Delta, dO; second:
-// S, dDelta, Delta, V), stage 1 holding the fp32 G = dP o P, then dA o KKd, between and after
-// the value loops; dRU; the per-tile row sums; the gate vectors.
+// Shared memory of gdn_bwd_grads_kernel (byte offsets): K, Q; T; P / dPd, then dKK (PL);
+// value tiles S, dS, Delta, dDelta, dOs (then dRU), V, whose region holds the fp32 G = dP o P,
+// then dA o KKd, between the value loops; the per-tile row sums; the gate vectors.
 template <class E>
 struct GdnGradLayout {
   int Cp, sk, sc, sv, tn;
-  size_t K, Q, Tb, PL, ring, stage, S, A, D, B, G, dRU, rows, vec, total;  // S .. B within a stage
+  size_t K, Q, Tb, PL, S, dS, D, dD, dO, V, G, rows, vec, total;
   __host__ __device__ GdnGradLayout(int dk, int bv, int C) {
     Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), tn = round16(dk) / 16;
-    SmemCarve st;
-    S = st.take<E>(round16(bv) * sk), A = st.take<E>(round16(bv) * sk > Cp * sv ? round16(bv) * sk : Cp * sv);
-    D = st.take<E>(Cp * sv), B = st.take<E>(Cp * sv);
-    stage = st.bytes;
     SmemCarve m;
     K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Tb = m.take<E>(Cp * sc), PL = m.take<E>(Cp * sc);
-    ring = m.bytes;
-    m.bytes += 2 * stage;
     SmemCarve g = m;
-    g.bytes = ring + stage;
     G = g.take<float>(Cp * sc);
+    S = m.take<E>(round16(bv) * sk), dS = m.take<E>(round16(bv) * sk);
+    D = m.take<E>(Cp * sv), dD = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), V = m.take<E>(Cp * sv);
     if (g.bytes > m.bytes) m = g;
-    dRU = m.take<E>(Cp * sv);
     rows = m.take<float>(Cp * 2 * tn);
     vec = m.take<float>(7 * Cp + kGradWarps);
     total = m.bytes;
@@ -1027,9 +1020,13 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   E* Q = reinterpret_cast<E*>(smem + ly.Q);
   E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
   E* PL = reinterpret_cast<E*>(smem + ly.PL);
-  // Value tile slot X of ring stage st.
-  const auto slot = [&](int st, size_t x) { return reinterpret_cast<E*>(smem + ly.ring + st * ly.stage + x); };
-  E* dRU = reinterpret_cast<E*>(smem + ly.dRU);
+  E* S = reinterpret_cast<E*>(smem + ly.S);
+  E* dS = reinterpret_cast<E*>(smem + ly.dS);
+  E* D = reinterpret_cast<E*>(smem + ly.D);
+  E* dD = reinterpret_cast<E*>(smem + ly.dD);
+  E* dO = reinterpret_cast<E*>(smem + ly.dO);
+  E* dRU = dO;
+  E* V = reinterpret_cast<E*>(smem + ly.V);
   float* G = reinterpret_cast<float*>(smem + ly.G);
   float* rows = reinterpret_cast<float*>(smem + ly.rows);  // [Cp, 2 tn]: row sums per tile column
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
@@ -1045,25 +1042,11 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   const E* dss = d_states + (head * d.NC + kc) * d.dv * dk;
   const E* dl = delta + (head * d.Tn + t0) * d.dv;
   const E* ddl = d_delta + (head * d.Tn + t0) * d.dv;
-  // Value tile j of the first loop (S, dS, Delta, dO) or the second (S, dDelta, Delta, V) into
-  // ring stage j % 2, by cp.async where the rows allow (the caller commits the group); dO
-  // unscaled (scale is applied to the sums it enters).
-  const int n_tiles = (d.dv + bv - 1) / bv;
-  const auto issue_tile = [&](int loop, int j) {
-    const int e0 = j * bv, nv = min(bv, d.dv - e0), nvp = round16(nv), st = j % 2;
-    const int64_t v_off = int64_t(hv) * d.dv + e0;
-    load_rows<kGradThreads>(slot(st, ly.S), sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    if (loop == 0) load_rows<kGradThreads>(slot(st, ly.A), sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
-    else load_rows<kGradThreads>(slot(st, ly.A), sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
-    load_rows<kGradThreads>(slot(st, ly.D), sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
-    load_rows<kGradThreads>(slot(st, ly.B), sv, Cp, nvp, (loop == 0 ? d_o : v) + bt0 * DV + v_off, DV, L, nv, Unit{});
-  };
   load_rows<kGradThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_rows<kGradThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_rows<kGradThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
   for (int i = tid; i < Cp * sc; i += kGradThreads) PL[i] = from_f32<E>(0.f);  // its upper tiles stay zero
   for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
-  issue_tile(0, 0);  // with the chunk's K, Q, T: one wait (load_gates' publish)
   load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
 
   // A finished dq / dk tile out: in fp32 per value head under GQA (summed over the group by
@@ -1108,16 +1091,16 @@ __global__ void __launch_bounds__(kGradThreads, 2)
       }
   };
 
-  // Sums over the value tiles: dK = Delta dS, dQ = dO S, dP = dO Delta^T (scale applied
-  // below), <S, dS>. Tile j + 1 is in flight while tile j is summed.
+  // Sums over the value tiles: dK = Delta dS, dQ = dOs S, dP = dOs Delta^T, <S, dS>.
   float ss = 0.f;
-  for (int j = 0; j < n_tiles; ++j) {
-    const int nv = min(bv, d.dv - j * bv), nvp = round16(nv), st = j % 2;
-    if (j + 1 < n_tiles) issue_tile(0, j + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const E *S = slot(st, ly.S), *dS = slot(st, ly.A), *D = slot(st, ly.D), *dO = slot(st, ly.B);
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
+    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(dS, sk, nvp, dkp, dss + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(dO, sv, Cp, nvp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L, nv,
+                            [&](int) { return scale; });
+    publish();
 #pragma unroll
     for (int i = 0; i < NQ; ++i)
       if (tq[i] >= 0) {
@@ -1129,10 +1112,8 @@ __global__ void __launch_bounds__(kGradThreads, 2)
       if (tp[i] >= 0) warp_tile_mma(ap[i], smem_op(dO, sv), tile_m0(tp[i]), smem_op(D, sv), tile_n0(tp[i]), nvp);
     for (int e = warp; e < nv; e += kGradWarps)
       for (int f = lane; f < dk; f += kWarp) ss += to_f32(S[e * sk + f]) * to_f32(dS[e * sk + f]);
-    __syncthreads();  // stage st is refilled next
+    __syncthreads();
   }
-  issue_tile(1, 0);  // the second loop's first tile (stage 0) in flight through the middle part
-  cp_async_commit();
   ss = warp_sum(ss);
   if (lane == 0) red[warp] = ss;
   // dK = diag(dend) Delta dS and dQ = diag(Gam) dOs S with their row sums of K o dK, Q o dQ;
@@ -1143,7 +1124,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     if (tq[i] >= 0) {
       const int m0 = tile_m0(tq[i]), n0 = tile_n0(tq[i]);
       tile_zip(ak[i], aq[i], m0, n0, [&](int m, int, float& x, float& y) {
-        x = m < L ? dend[m] * x : 0.f, y = m < L ? scale * Gam[m] * y : 0.f;
+        x = m < L ? dend[m] * x : 0.f, y = m < L ? Gam[m] * y : 0.f;
       });
       tile_row_sums(ak[i], m0, n0, rows + n0 / 16, 2 * tn,
                     [&](int m, int n, float x) { return to_f32(K[m * sk + n]) * x; });
@@ -1152,7 +1133,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     }
   lower_tiles_to_pl_g(Q, [&](int r, int c, float dp, float qk) {
     float pd = 0.f, gg = 0.f;
-    if (c <= r && r < L) pd = scale * dp * expf(gam[r] - gam[c]), gg = pd * qk;
+    if (c <= r && r < L) pd = dp * expf(gam[r] - gam[c]), gg = pd * qk;
     return make_float2(pd, gg);
   });
   __syncthreads();
@@ -1191,14 +1172,14 @@ __global__ void __launch_bounds__(kGradThreads, 2)
 
   // Sums over the value tiles through dRU = T^T dDelta: dV = diag(beta) dRU, dRU S (= -dRW),
   // dRU Delta^T (= -dA before the mask), dbeta += rowsum(dRU o V).
-  for (int j = 0; j < n_tiles; ++j) {
-    const int e0 = j * bv, nv = min(bv, d.dv - e0), nvp = round16(nv), st = j % 2;
+  for (int e0 = 0; e0 < d.dv; e0 += bv) {
+    const int nv = min(bv, d.dv - e0), nvp = round16(nv);
     const int64_t v_off = int64_t(hv) * d.dv + e0;
-    if (j + 1 < n_tiles) issue_tile(1, j + 1);  // j = 0: into stage 1, over G (read by now)
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const E *S = slot(st, ly.S), *dD = slot(st, ly.A), *D = slot(st, ly.D), *V = slot(st, ly.B);
+    load_rows<kGradThreads>(S, sk, nvp, dkp, cs + int64_t(e0) * dk, dk, nv, dk, Unit{});
+    load_rows<kGradThreads>(D, sv, Cp, nvp, dl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
+    load_rows<kGradThreads>(V, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, Unit{});
+    publish();
     smem_product<kGradThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float x) {
       const bool in = r < L && e < nv;
       dRU[r * sv + e] = from_f32<E>(in ? x : 0.f);
@@ -1375,13 +1356,13 @@ void launch_fwd_state_regs(Context& ctx, bf16* chunk_states, bf16* ud, const bf1
 
 // The backward register pass takes 4 warps per block, or 3 where that lets two blocks share
 // an SM and 4 does not (dk 96 at chunk 64: 117 KB of shared memory at 4 warps, 110 KB at 3):
-// the pass is a chain of dependent chunk steps, and a second block hides its latencies.
+// the pass is a chain of dependent chunk steps, and a second block hides its latencies
+// (H100, B4 T4096 H16: backward 4.42 ms at 3 warps, 4.80 ms at 4; bench/RESULTS.md).
 void launch_bwd_state_regs(Context& ctx, bf16* d_states, bf16* d_delta, const bf16* q, const bf16* k, const bf16* w,
                            const float* gam, const bf16* d_o, const GdnDims& d, int B, float scale, int max_smem,
                            int half_sm, const std::string& shapes) {
   const auto layout = [&](int warps) { return GdnStateRegsLayout(d.dk, d.C, kStateRegsStages, warps, true); };
-  int warps = layout(4).total > size_t(half_sm) && layout(3).total <= size_t(half_sm) ? 3 : 4;
-  if (const char* e = std::getenv("HYSIM_GDN_BWD_STATE_WARPS")) warps = std::atoi(e) == 3 ? 3 : 4;  // EXPERIMENT
+  const int warps = layout(4).total > size_t(half_sm) && layout(3).total <= size_t(half_sm) ? 3 : 4;
   with_state_k_tiles(d.dk, [&](auto nk) {
     const auto run = [&](auto kernel, int nwarps) {
       const GdnStateRegsLayout ly = layout(nwarps);
@@ -1484,7 +1465,7 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kPrepThreads, smem_prep, ctx.stream>>>(
       t_inv, w, delta, d_delta, gam, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_prepare_kernel", shapes);
-  const bool regs = state_in_registers<T>(d) && !std::getenv("HYSIM_GDN_BWD_STATE_OLD");  // EXPERIMENT toggle
+  const bool regs = state_in_registers<T>(d);
   if constexpr (std::is_same_v<T, bf16>) {
     if (regs)
       launch_bwd_state_regs(ctx, d_states, d_delta, q, k, w, gam, d_o, d, int(B), scale, max_smem,

@@ -16,10 +16,6 @@
 // Data parallel: started by `hysim launch --gpus N build/gpu/bench_gpu_model ...`, each
 // rank runs the step on its GPU (ZeRO-1, NCCL); rank 0 prints tokens/s over all ranks,
 // MFU per GPU, and its own memory next to the estimate for N ranks with ZeRO-1.
-//
-// Data parallel: started by `hysim launch --gpus N build/gpu/bench_gpu_model ...`, each
-// rank runs the step on its GPU (ZeRO-1, NCCL); rank 0 prints tokens/s over all ranks,
-// MFU per GPU, and its own memory next to the estimate for N ranks with ZeRO-1.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
