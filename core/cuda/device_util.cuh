@@ -274,6 +274,10 @@ __device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOper
                                               const SmemOperand<__nv_bfloat16, KB>& b, int n0, int K) {
   const __nv_bfloat16 *pa = fragment_base(a, m0), *pb = fragment_base(b, n0);
   const int step_a = KA ? 16 : 16 * a.ld, step_b = KB ? 16 : 16 * b.ld;  // k0 += 16
+  // Not unrolled: the GDN kernels inline dozens of these products, and unrolled k loops made
+  // gdn_bwd_grads_kernel 386 KB of SASS, its warps stalled on instruction fetch a third of the
+  // time (ncu "no instruction"); rolled, 136 KB (bench/RESULTS.md, 2026-12-07).
+#pragma unroll 1
   for (int k0 = 0; k0 < K; k0 += 16, pa += step_a, pb += step_b) {
     uint32_t fa[4], fb[4];
     ldmatrix_x4<!KA>(fa, pa);
@@ -309,6 +313,7 @@ __device__ __forceinline__ void warp_tile_mma2(float (&acc1)[2][4], const SmemOp
   const __nv_bfloat16 *pa2 = fragment_base(a2, m0), *pb2 = fragment_base(b2, n0);
   const int sa1 = KA1 ? 16 : 16 * a1.ld, sb1 = KB1 ? 16 : 16 * b1.ld;
   const int sa2 = KA2 ? 16 : 16 * a2.ld, sb2 = KB2 ? 16 : 16 * b2.ld;
+#pragma unroll 1  // as in warp_tile_mma
   for (int k0 = 0; k0 < K; k0 += 16, pa1 += sa1, pb1 += sb1, pa2 += sa2, pb2 += sb2) {
     uint32_t fa1[4], fb1[4], fa2[4], fb2[4];
     ldmatrix_x4<!KA1>(fa1, pa1);
