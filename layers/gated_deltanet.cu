@@ -153,6 +153,36 @@ __device__ __forceinline__ void publish() {
   __syncthreads();
 }
 
+// This thread's share of sum(a o b) over a rows x cols region of two matrices with the same
+// row stride ld (the caller reduces over the block): bf16 rows 16 bytes at a time where cols
+// and ld allow. Zero-padded regions may be summed whole.
+template <int Threads, class E>
+__device__ float dot_partial(const E* a, const E* b, int ld, int rows, int cols) {
+  float s = 0.f;
+  if constexpr (std::is_same_v<E, bf16>) {
+    if (cols % 8 == 0 && ld % 8 == 0) {
+      const int vc = cols / 8;
+      for (int i = int(threadIdx.x); i < rows * vc; i += Threads) {
+        const int off = (i / vc) * ld + (i % vc) * 8;
+        const uint4 x = *reinterpret_cast<const uint4*>(a + off), y = *reinterpret_cast<const uint4*>(b + off);
+        const __nv_bfloat162 *hx = reinterpret_cast<const __nv_bfloat162*>(&x),
+                             *hy = reinterpret_cast<const __nv_bfloat162*>(&y);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 fx = __bfloat1622float2(hx[j]), fy = __bfloat1622float2(hy[j]);
+          s += fx.x * fy.x + fx.y * fy.y;
+        }
+      }
+      return s;
+    }
+  }
+  for (int i = int(threadIdx.x); i < rows * cols; i += Threads) {
+    const int off = (i / cols) * ld + i % cols;
+    s += to_f32(a[off]) * to_f32(b[off]);
+  }
+  return s;
+}
+
 // The chunk's gates: gam = cumsum(g) (a warp's scan, L <= 64: one thread adding 64 values in
 // turn was ~1 us of every chunk step of the state passes), beta, Gam = exp(gam),
 // dend = exp(gam_{L-1} - gam). Publishes the caller's pending load_rows too; ends with a barrier.
@@ -984,11 +1014,12 @@ __device__ __forceinline__ int lower_tile(int i, int Cp) {
 
 // Shared memory of gdn_bwd_grads_kernel (byte offsets): K, Q; T; P / dPd, then dKK (PL);
 // value tiles S, dS, Delta, dDelta, dOs (then dRU), V, whose region holds the fp32 G = dP o P,
-// then dA o KKd, between the value loops; the per-tile row sums; the gate vectors.
+// then dA o KKd, between the value loops; the per-tile row sums (of the dk tiles, and of dRU o
+// V per value-tile column); the gate vectors.
 template <class E>
 struct GdnGradLayout {
   int Cp, sk, sc, sv, tn;
-  size_t K, Q, Tb, PL, S, dS, D, dD, dO, V, G, rows, vec, total;
+  size_t K, Q, Tb, PL, S, dS, D, dD, dO, V, G, rows, ruv, vec, total;
   __host__ __device__ GdnGradLayout(int dk, int bv, int C) {
     Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), tn = round16(dk) / 16;
     SmemCarve m;
@@ -999,6 +1030,7 @@ struct GdnGradLayout {
     D = m.take<E>(Cp * sv), dD = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), V = m.take<E>(Cp * sv);
     if (g.bytes > m.bytes) m = g;
     rows = m.take<float>(Cp * 2 * tn);
+    ruv = m.take<float>(Cp * (round16(bv) / 16));
     vec = m.take<float>(7 * Cp + kGradWarps);
     total = m.bytes;
   }
@@ -1029,6 +1061,8 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   E* V = reinterpret_cast<E*>(smem + ly.V);
   float* G = reinterpret_cast<float*>(smem + ly.G);
   float* rows = reinterpret_cast<float*>(smem + ly.rows);  // [Cp, 2 tn]: row sums per tile column
+  float* ruv = reinterpret_cast<float*>(smem + ly.ruv);    // [Cp, nrc]: rowsum(dRU o V) per tile column
+  const int nrc = round16(bv) / 16;
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
   float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp, *dgam = dend + Cp, *dbet = dgam + Cp, *gtmp = dbet + Cp;
   float* red = gtmp + Cp;
@@ -1047,6 +1081,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   load_rows<kGradThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
   for (int i = tid; i < Cp * sc; i += kGradThreads) PL[i] = from_f32<E>(0.f);  // its upper tiles stay zero
   for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
+  for (int i = tid; i < Cp * nrc; i += kGradThreads) ruv[i] = 0.f;
   load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
 
   // A finished dq / dk tile out: in fp32 per value head under GQA (summed over the group by
@@ -1110,8 +1145,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
 #pragma unroll
     for (int i = 0; i < NP; ++i)
       if (tp[i] >= 0) warp_tile_mma(ap[i], smem_op(dO, sv), tile_m0(tp[i]), smem_op(D, sv), tile_n0(tp[i]), nvp);
-    for (int e = warp; e < nv; e += kGradWarps)
-      for (int f = lane; f < dk; f += kWarp) ss += to_f32(S[e * sk + f]) * to_f32(dS[e * sk + f]);
+    ss += dot_partial<kGradThreads>(S, dS, sk, nvp, dkp);  // both zero-padded (load_rows)
     __syncthreads();
   }
   ss = warp_sum(ss);
@@ -1170,6 +1204,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   for (int i = 0; i < NP; ++i) tile_zip(ap[i], ap[i], 0, 0, zero);
   __syncthreads();  // PL and G are read: the value region is free again
 
+  const bool dv_pairs = d.dv % 2 == 0 && reinterpret_cast<uintptr_t>(dv_out) % 4 == 0;
   // Sums over the value tiles through dRU = T^T dDelta: dV = diag(beta) dRU, dRU S (= -dRW),
   // dRU Delta^T (= -dA before the mask), dbeta += rowsum(dRU o V).
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
@@ -1180,10 +1215,30 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     load_rows<kGradThreads>(dD, sv, Cp, nvp, ddl + e0, d.dv, L, nv, Unit{});
     load_rows<kGradThreads>(V, sv, Cp, nvp, v + bt0 * DV + v_off, DV, L, nv, Unit{});
     publish();
-    smem_product<kGradThreads>(Cp, nvp, Cp, smem_op_t(Tb, sc), smem_op_t(dD, sv), [&](int r, int e, float x) {
-      const bool in = r < L && e < nv;
-      dRU[r * sv + e] = from_f32<E>(in ? x : 0.f);
-      if (in) dv_out[(bt0 + r) * DV + v_off + e] = from_f32<E>(bet[r] * x);
+    // dRU tile by tile, zero outside L x nv (T and dDelta are zero-padded), whole into dRU; dV
+    // out; the tile's rows of dRU o V (dRU rounded, as the products use it) summed into its
+    // column of ruv: one writer per entry in a pass, passes apart by barriers.
+    for_each_tile<kGradThreads>(Cp, nvp, [&](int m0, int n0) {
+      float acc[2][4] = {};
+      warp_tile_mma(acc, smem_op_t(Tb, sc), m0, smem_op_t(dD, sv), n0, Cp);
+      const int gq = lane / 4, t = lane % 4;
+      float rv[2] = {0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = m0 + gq + 8 * h, e = n0 + 8 * j + 2 * t;
+          const float x0 = acc[j][2 * h], x1 = acc[j][2 * h + 1];
+          store_pair(dRU + r * sv + e, x0, x1, true, true);  // sv and e even
+          rv[h] += to_f32(from_f32<E>(x0)) * to_f32(V[r * sv + e]) + to_f32(from_f32<E>(x1)) * to_f32(V[r * sv + e + 1]);
+          if (r < L && e < nv)
+            store_pair(dv_out + (bt0 + r) * DV + v_off + e, bet[r] * x0, bet[r] * x1, e + 1 < nv, dv_pairs);
+        }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) rv[h] += __shfl_xor_sync(0xffffffffu, rv[h], 1);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) rv[h] += __shfl_xor_sync(0xffffffffu, rv[h], 2);
+      if (t == 0) ruv[(m0 + gq) * nrc + n0 / 16] += rv[0], ruv[(m0 + gq + 8) * nrc + n0 / 16] += rv[1];
     });
     __syncthreads();
 #pragma unroll
@@ -1192,12 +1247,6 @@ __global__ void __launch_bounds__(kGradThreads, 2)
 #pragma unroll
     for (int i = 0; i < NP; ++i)
       if (tp[i] >= 0) warp_tile_mma(ap[i], smem_op(dRU, sv), tile_m0(tp[i]), smem_op(D, sv), tile_n0(tp[i]), nvp);
-    for (int i = warp; i < L; i += kGradWarps) {
-      float tv = 0.f;
-      for (int e = lane; e < nv; e += kWarp) tv += to_f32(dRU[i * sv + e]) * to_f32(V[i * sv + e]);
-      tv = warp_sum(tv);
-      if (lane == 0) dbet[i] += tv;
-    }
     __syncthreads();
   }
   // dRW = -(dRU S): row sums of dRW o K; dK += diag(beta Gam) dRW. dA = -strictly_lower(dRU
@@ -1230,8 +1279,10 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     sb = warp_sum(sb), sc_ = warp_sum(sc_);
     if (lane == 0) {
       float tw = 0.f;
+      float tv = 0.f;  // rowsum(dRU o V)
       for (int c = 0; c < tn; ++c) tw += rows[i * 2 * tn + c];
-      dbet[i] += Gam[i] * tw + sb, dgam[i] += bet[i] * Gam[i] * tw + bet[i] * sb - sc_;
+      for (int c = 0; c < nrc; ++c) tv += ruv[i * nrc + c];
+      dbet[i] += Gam[i] * tw + sb + tv, dgam[i] += bet[i] * Gam[i] * tw + bet[i] * sb - sc_;
     }
   }
   // dK += (dKK + dKK^T) K; dk is complete: out.

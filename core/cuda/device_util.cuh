@@ -276,7 +276,7 @@ __device__ __forceinline__ void warp_tile_mma(float (&acc)[2][4], const SmemOper
   const int step_a = KA ? 16 : 16 * a.ld, step_b = KB ? 16 : 16 * b.ld;  // k0 += 16
   // Not unrolled: the GDN kernels inline dozens of these products, and unrolled k loops made
   // gdn_bwd_grads_kernel 386 KB of SASS, its warps stalled on instruction fetch a third of the
-  // time (ncu "no instruction"); rolled, 136 KB (bench/RESULTS.md, 2026-12-07).
+  // time (ncu "no instruction"); rolled, 253 KB and 17% faster (bench/RESULTS.md, 2026-12-07).
 #pragma unroll 1
   for (int k0 = 0; k0 < K; k0 += 16, pa += step_a, pb += step_b) {
     uint32_t fa[4], fb[4];
@@ -313,7 +313,8 @@ __device__ __forceinline__ void warp_tile_mma2(float (&acc1)[2][4], const SmemOp
   const __nv_bfloat16 *pa2 = fragment_base(a2, m0), *pb2 = fragment_base(b2, n0);
   const int sa1 = KA1 ? 16 : 16 * a1.ld, sb1 = KB1 ? 16 : 16 * b1.ld;
   const int sa2 = KA2 ? 16 : 16 * a2.ld, sb2 = KB2 ? 16 : 16 * b2.ld;
-#pragma unroll 1  // as in warp_tile_mma
+  // not unrolled, as in warp_tile_mma
+#pragma unroll 1
   for (int k0 = 0; k0 < K; k0 += 16, pa1 += sa1, pb1 += sb1, pa2 += sa2, pb2 += sb2) {
     uint32_t fa1[4], fb1[4], fa2[4], fb2[4];
     ldmatrix_x4<!KA1>(fa1, pa1);
@@ -348,6 +349,20 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][4], int m0, int
     }
 }
 
+// x0 to p[0] and, if second, x1 to p[1] in the storage type E: one 4-byte store for bf16
+// where pairs says p is 4-byte aligned.
+template <class E>
+__device__ __forceinline__ void store_pair(E* p, float x0, float x1, bool second, bool pairs) {
+  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
+    if (pairs && second) {
+      *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x0, x1);
+      return;
+    }
+  }
+  p[0] = from_f32<E>(x0);
+  if (second) p[1] = from_f32<E>(x1);
+}
+
 // The tile's elements inside M x N, times scale, to dst[m ld + n] in the storage type E; bf16
 // pairs of columns as one 4-byte store where ld and dst allow (half the store instructions).
 template <class E>
@@ -361,16 +376,7 @@ __device__ __forceinline__ void store_tile_to(const float (&acc)[2][4], int m0, 
     for (int h = 0; h < 2; ++h) {
       const int m = m0 + g + 8 * h, n = n0 + 8 * j + 2 * t;
       if (m >= M || n >= N) continue;
-      E* p = dst + m * ld + n;
-      const float x0 = scale * acc[j][2 * h], x1 = scale * acc[j][2 * h + 1];
-      if constexpr (std::is_same_v<E, __nv_bfloat16>) {
-        if (pairs && n + 1 < N) {
-          *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x0, x1);
-          continue;
-        }
-      }
-      p[0] = from_f32<E>(x0);
-      if (n + 1 < N) p[1] = from_f32<E>(x1);
+      store_pair(dst + m * ld + n, scale * acc[j][2 * h], scale * acc[j][2 * h + 1], n + 1 < N, pairs);
     }
 }
 
