@@ -72,10 +72,9 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
     }
   }
   // The diagonal and above are not read by the substitution above: set them now.
-  for (int i = int(threadIdx.x); i < L * L; i += Threads) {
-    const int r = i / L, c = i % L;
+  for_each_index<Threads>(L, L, [&](int r, int c) {
     if (c >= r) Tm[r * ld + c] = c == r ? 1.f : 0.f;
-  }
+  });
   __syncthreads();
   for (int r0 = 16; r0 < L; r0 += 16) {
     const int bs = min(16, L - r0);
@@ -107,24 +106,26 @@ __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* s
     if (cols % 8 == 0 && src_ld % 8 == 0 && aligned16(src)) {
       const int vc = cols_pad / 8, n = rows_pad * vc;  // cols_pad and ld are multiples of 8 (round16, tile_stride)
       if constexpr (std::is_same_v<F, Unit>) {
-        for (int i = int(threadIdx.x); i < n; i += Threads) {
-          const int r = i / vc, c = (i % vc) * 8;
+        for_each_index<Threads>(rows_pad, vc, [&](int r, int c8) {
+          const int c = c8 * 8;
           const bool in = r < rows && c < cols;
           cp_async16(dst + r * ld + c, in ? src + r * src_ld + c : src, in ? 16 : 0);
-        }
+        });
       } else {
+        FlatIndex at(int(threadIdx.x), Threads, vc);  // (row, 8-column group) of vector i
         constexpr int kBatch = 4;
         for (int i0 = int(threadIdx.x); i0 < n; i0 += kBatch * Threads) {
           uint4 x[kBatch];
+          int rr[kBatch], cc[kBatch];
 #pragma unroll
-          for (int u = 0; u < kBatch; ++u) {
-            const int i = i0 + u * Threads, r = i / vc, c = (i % vc) * 8;
+          for (int u = 0; u < kBatch; ++u, at.advance()) {
+            const int i = i0 + u * Threads, r = rr[u] = at.r, c = cc[u] = at.c * 8;
             x[u] = i < n && r < rows && c < cols ? *reinterpret_cast<const uint4*>(src + r * src_ld + c)
                                                  : make_uint4(0, 0, 0, 0);
           }
 #pragma unroll
           for (int u = 0; u < kBatch; ++u) {
-            const int i = i0 + u * Threads, r = i / vc, c = (i % vc) * 8;
+            const int i = i0 + u * Threads, r = rr[u], c = cc[u];
             if (i >= n) break;
             const float sr = r < rows ? scale(r) : 0.f;
             __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&x[u]);
@@ -140,10 +141,9 @@ __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* s
       return;
     }
   }
-  for (int i = int(threadIdx.x); i < rows_pad * cols_pad; i += Threads) {
-    const int r = i / cols_pad, c = i % cols_pad;
+  for_each_index<Threads>(rows_pad, cols_pad, [&](int r, int c) {
     dst[r * ld + c] = from_f32<E>(r < rows && c < cols ? scale(r) * to_f32(src[r * src_ld + c]) : 0.f);
-  }
+  });
 }
 
 // Completes this thread's cp.async copies (load_rows), then the block barrier that publishes
@@ -161,9 +161,8 @@ __device__ float dot_partial(const E* a, const E* b, int ld, int rows, int cols)
   float s = 0.f;
   if constexpr (std::is_same_v<E, bf16>) {
     if (cols % 8 == 0 && ld % 8 == 0) {
-      const int vc = cols / 8;
-      for (int i = int(threadIdx.x); i < rows * vc; i += Threads) {
-        const int off = (i / vc) * ld + (i % vc) * 8;
+      for_each_index<Threads>(rows, cols / 8, [&](int r, int c8) {
+        const int off = r * ld + c8 * 8;
         const uint4 x = *reinterpret_cast<const uint4*>(a + off), y = *reinterpret_cast<const uint4*>(b + off);
         const __nv_bfloat162 *hx = reinterpret_cast<const __nv_bfloat162*>(&x),
                              *hy = reinterpret_cast<const __nv_bfloat162*>(&y);
@@ -172,14 +171,11 @@ __device__ float dot_partial(const E* a, const E* b, int ld, int rows, int cols)
           const float2 fx = __bfloat1622float2(hx[j]), fy = __bfloat1622float2(hy[j]);
           s += fx.x * fy.x + fx.y * fy.y;
         }
-      }
+      });
       return s;
     }
   }
-  for (int i = int(threadIdx.x); i < rows * cols; i += Threads) {
-    const int off = (i / cols) * ld + i % cols;
-    s += to_f32(a[off]) * to_f32(b[off]);
-  }
+  for_each_index<Threads>(rows, cols, [&](int r, int c) { s += to_f32(a[r * ld + c]) * to_f32(b[r * ld + c]); });
   return s;
 }
 
@@ -217,19 +213,15 @@ template <int Threads, class E>
 __device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, const float* gam, const float* bet,
                          const float* Gam, int L, int dk, int Cp, int sk, int sc, int ldf) {
   const int dkp = round16(dk);
-  for (int i = int(threadIdx.x); i < Cp * dkp; i += Threads) {
-    const int r = i / dkp, e = i % dkp;
+  for_each_index<Threads>(Cp, dkp, [&](int r, int e) {
     Kb[r * sk + e] = from_f32<E>(r < L ? bet[r] * Gam[r] * to_f32(K[r * sk + e]) : 0.f);
-  }
+  });
   smem_product<Threads>(L, L, dkp, smem_op(K, sk), smem_op(K, sk), [&](int r, int c, float kk) {
     Tf[r * ldf + c] = c < r ? bet[r] * expf(gam[r] - gam[c]) * kk : 0.f;
   });
   __syncthreads();
   unit_lower_inverse<E, Threads>(L, Tf, ldf, tmp);
-  for (int i = int(threadIdx.x); i < Cp * Cp; i += Threads) {
-    const int r = i / Cp, c = i % Cp;
-    Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f);
-  }
+  for_each_index<Threads>(Cp, Cp, [&](int r, int c) { Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f); });
   __syncthreads();
   smem_product<Threads>(Cp, dkp, Cp, smem_op(Tb, sc), smem_op_t(Kb, sk), [&](int r, int e, float acc) {
     W[r * sk + e] = from_f32<E>(r < L && e < dk ? acc : 0.f);
@@ -242,15 +234,13 @@ template <int Threads, class E>
 __device__ void store_rows(E* dst, int64_t dst_ld, const E* src, int ld, int rows, int cols) {
   constexpr int kPer = 16 / sizeof(E);  // 16 bytes per copy where the rows allow
   if (cols % kPer == 0 && dst_ld % kPer == 0 && ld % kPer == 0 && aligned16(dst, src)) {
-    const int vc = cols / kPer;
-    for (int i = int(threadIdx.x); i < rows * vc; i += Threads) {
-      const int r = i / vc, c = (i % vc) * kPer;
+    for_each_index<Threads>(rows, cols / kPer, [&](int r, int cv) {
+      const int c = cv * kPer;
       *reinterpret_cast<uint4*>(dst + r * dst_ld + c) = *reinterpret_cast<const uint4*>(src + r * ld + c);
-    }
+    });
     return;
   }
-  for (int i = int(threadIdx.x); i < rows * cols; i += Threads)
-    dst[(i / cols) * dst_ld + i % cols] = src[(i / cols) * ld + i % cols];
+  for_each_index<Threads>(rows, cols, [&](int r, int c) { dst[r * dst_ld + c] = src[r * ld + c]; });
 }
 
 // A state pass's fp32 slice S [kStateCols, dk] (row stride sk) rounded into the product
@@ -258,12 +248,11 @@ __device__ void store_rows(E* dst, int64_t dst_ld, const E* src, int ld, int row
 template <class E>
 __device__ void snapshot_state(E* Sb, E* out, const float* S, int sk, int nv, int dk) {
   const int dkp = round16(dk);
-  for (int i = int(threadIdx.x); i < kStateCols * dkp; i += kStateThreads) {
-    const int e = i / dkp, f = i % dkp;
+  for_each_index<kStateThreads>(kStateCols, dkp, [&](int e, int f) {
     const E x = from_f32<E>(e < nv && f < dk ? S[e * sk + f] : 0.f);
     Sb[e * sk + f] = x;
     if (e < nv && f < dk) out[e * dk + f] = x;
-  }
+  });
 }
 
 // ---- core forward: three kernels ------------------------------------------------------
@@ -322,10 +311,9 @@ __global__ void __launch_bounds__(kChunkThreads)
     gam_out[(head * d.NC + kc) * Cp + i] = i < L ? gam[i] : 0.f;
   chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
   store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
-  for (int i = int(threadIdx.x); i < Cp * Cp; i += kChunkThreads) {  // Tu = T diag(beta), rounded once
-    const int r = i / Cp, c = i % Cp;
+  for_each_index<kChunkThreads>(Cp, Cp, [&](int r, int c) {  // Tu = T diag(beta), rounded once
     Tu[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ly.ldf + c] * bet[c] : 0.f);
-  }
+  });
   __syncthreads();
   E* ug = u_out + (head * d.Tn + t0) * d.dv;
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
@@ -683,8 +671,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
   });
   __syncthreads();  // the product read Q: now Q <- diag(Gam) Q
-  for (int i = int(threadIdx.x); i < L * dkp; i += kChunkThreads)
-    Q[(i / dkp) * sk + i % dkp] = from_f32<E>(Gam[i / dkp] * to_f32(Q[(i / dkp) * sk + i % dkp]));
+  for_each_index<kChunkThreads>(L, dkp, [&](int r, int e) { Q[r * sk + e] = from_f32<E>(Gam[r] * to_f32(Q[r * sk + e])); });
   __syncthreads();
   for (int e0 = 0; e0 < d.dv; e0 += bv) {
     const int nv = min(bv, d.dv - e0);
@@ -1018,10 +1005,11 @@ __device__ __forceinline__ int lower_tile(int i, int Cp) {
 // V per value-tile column); the gate vectors.
 template <class E>
 struct GdnGradLayout {
-  int Cp, sk, sc, sv, tn;
+  int Cp, sk, sc, sv, tn, nrc;  // nrc: value-tile columns, the width of ruv
   size_t K, Q, Tb, PL, S, dS, D, dD, dO, V, G, rows, ruv, vec, total;
   __host__ __device__ GdnGradLayout(int dk, int bv, int C) {
     Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), tn = round16(dk) / 16;
+    nrc = round16(bv) / 16;
     SmemCarve m;
     K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), Tb = m.take<E>(Cp * sc), PL = m.take<E>(Cp * sc);
     SmemCarve g = m;
@@ -1030,7 +1018,7 @@ struct GdnGradLayout {
     D = m.take<E>(Cp * sv), dD = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), V = m.take<E>(Cp * sv);
     if (g.bytes > m.bytes) m = g;
     rows = m.take<float>(Cp * 2 * tn);
-    ruv = m.take<float>(Cp * (round16(bv) / 16));
+    ruv = m.take<float>(Cp * nrc);
     vec = m.take<float>(7 * Cp + kGradWarps);
     total = m.bytes;
   }
@@ -1061,8 +1049,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   E* V = reinterpret_cast<E*>(smem + ly.V);
   float* G = reinterpret_cast<float*>(smem + ly.G);
   float* rows = reinterpret_cast<float*>(smem + ly.rows);  // [Cp, 2 tn]: row sums per tile column
-  float* ruv = reinterpret_cast<float*>(smem + ly.ruv);    // [Cp, nrc]: rowsum(dRU o V) per tile column
-  const int nrc = round16(bv) / 16;
+  float* ruv = reinterpret_cast<float*>(smem + ly.ruv);    // [Cp, ly.nrc]: rowsum(dRU o V) per tile column
   float* gam = reinterpret_cast<float*>(smem + ly.vec);
   float *bet = gam + Cp, *Gam = bet + Cp, *dend = Gam + Cp, *dgam = dend + Cp, *dbet = dgam + Cp, *gtmp = dbet + Cp;
   float* red = gtmp + Cp;
@@ -1081,7 +1068,7 @@ __global__ void __launch_bounds__(kGradThreads, 2)
   load_rows<kGradThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
   for (int i = tid; i < Cp * sc; i += kGradThreads) PL[i] = from_f32<E>(0.f);  // its upper tiles stay zero
   for (int i = tid; i < Cp; i += kGradThreads) dgam[i] = 0.f, dbet[i] = 0.f;
-  for (int i = tid; i < Cp * nrc; i += kGradThreads) ruv[i] = 0.f;
+  for (int i = tid; i < Cp * ly.nrc; i += kGradThreads) ruv[i] = 0.f;
   load_gates<kGradThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
 
   // A finished dq / dk tile out: in fp32 per value head under GQA (summed over the group by
@@ -1222,7 +1209,6 @@ __global__ void __launch_bounds__(kGradThreads, 2)
       float acc[2][4] = {};
       warp_tile_mma(acc, smem_op_t(Tb, sc), m0, smem_op_t(dD, sv), n0, Cp);
       const int gq = lane / 4, t = lane % 4;
-      float rv[2] = {0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < 2; ++j)
 #pragma unroll
@@ -1230,15 +1216,11 @@ __global__ void __launch_bounds__(kGradThreads, 2)
           const int r = m0 + gq + 8 * h, e = n0 + 8 * j + 2 * t;
           const float x0 = acc[j][2 * h], x1 = acc[j][2 * h + 1];
           store_pair(dRU + r * sv + e, x0, x1, true, true);  // sv and e even
-          rv[h] += to_f32(from_f32<E>(x0)) * to_f32(V[r * sv + e]) + to_f32(from_f32<E>(x1)) * to_f32(V[r * sv + e + 1]);
           if (r < L && e < nv)
             store_pair(dv_out + (bt0 + r) * DV + v_off + e, bet[r] * x0, bet[r] * x1, e + 1 < nv, dv_pairs);
         }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) rv[h] += __shfl_xor_sync(0xffffffffu, rv[h], 1);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) rv[h] += __shfl_xor_sync(0xffffffffu, rv[h], 2);
-      if (t == 0) ruv[(m0 + gq) * nrc + n0 / 16] += rv[0], ruv[(m0 + gq + 8) * nrc + n0 / 16] += rv[1];
+      tile_row_sums<true>(acc, m0, n0, ruv + n0 / 16, ly.nrc,
+                          [&](int m, int n, float x) { return to_f32(from_f32<E>(x)) * to_f32(V[m * sv + n]); });
     });
     __syncthreads();
 #pragma unroll
@@ -1278,10 +1260,9 @@ __global__ void __launch_bounds__(kGradThreads, 2)
     for (int r = i + 1 + lane; r < L; r += kWarp) sc_ += bet[r] * G[r * sc + i];
     sb = warp_sum(sb), sc_ = warp_sum(sc_);
     if (lane == 0) {
-      float tw = 0.f;
-      float tv = 0.f;  // rowsum(dRU o V)
+      float tw = 0.f, tv = 0.f;  // rowsum(dRW o K), rowsum(dRU o V)
       for (int c = 0; c < tn; ++c) tw += rows[i * 2 * tn + c];
-      for (int c = 0; c < nrc; ++c) tv += ruv[i * nrc + c];
+      for (int c = 0; c < ly.nrc; ++c) tv += ruv[i * ly.nrc + c];
       dbet[i] += Gam[i] * tw + sb + tv, dgam[i] += bet[i] * Gam[i] * tw + bet[i] * sb - sc_;
     }
   }

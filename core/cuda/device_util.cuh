@@ -79,6 +79,27 @@ template <class... P> __host__ __device__ bool aligned16(const P*... p) {
 
 constexpr int kWarp = 32;
 
+// Row and column (r, c) of a flat index r * n + c that a block-strided loop advances by a fixed
+// step: two divisions up front instead of a division by the runtime n at every step (integer
+// index arithmetic was most of what the GDN tile loaders issued).
+struct FlatIndex {
+  int r, c, dr, dc, n;
+  __device__ FlatIndex(int start, int step, int n_)
+      : r(start / n_), c(start % n_), dr(step / n_), dc(step % n_), n(n_) {}
+  __device__ __forceinline__ void advance() {
+    r += dr, c += dc;
+    if (c >= n) c -= n, ++r;
+  }
+};
+
+// fn(r, c) for every entry of a rows x cols region, spread over the block's Threads threads
+// (consecutive threads take consecutive c). Every thread of the block calls it.
+template <int Threads, class F>
+__device__ __forceinline__ void for_each_index(int rows, int cols, F fn) {
+  if (cols <= 0) return;
+  for (FlatIndex at(int(threadIdx.x), Threads, cols); at.r < rows; at.advance()) fn(at.r, at.c);
+}
+
 // out(m, n, sum_k fa(m, k) fb(n, k)) for m < M, n < N, by a whole block of Threads
 // threads (operands usually in shared memory, fp32 FMAs): each thread owns 4 x 4 outputs (rows mi + i TM, columns ni + j TN: consecutive threads take
 // consecutive columns), so that each operand value loaded from shared memory feeds four
@@ -395,8 +416,9 @@ __device__ __forceinline__ void tile_zip(float (&a)[2][4], float (&b)[2][4], int
 // out[m * ld] = sum over the tile's 16 columns of f(m, n, x), for its 16 rows m0.. (warp-wide;
 // out points at the caller's column for this tile, so that each entry has one writer and a
 // later pass can add a row's tiles in a fixed order: deterministic row sums of a matrix that
-// lives in registers spread over warps).
-template <class F>
+// lives in registers spread over warps). Add: out[m * ld] += the sum, for sums accumulated over
+// passes (one writer per entry in a pass, passes apart by barriers).
+template <bool Add = false, class F>
 __device__ __forceinline__ void tile_row_sums(const float (&acc)[2][4], int m0, int n0, float* out, int ld, F f) {
   const int lane = int(threadIdx.x) % kWarp, g = lane / 4, t = lane % 4;
   float lo = 0.f, hi = 0.f;
@@ -410,7 +432,9 @@ __device__ __forceinline__ void tile_row_sums(const float (&acc)[2][4], int m0, 
   // the four lanes of a row (t = 0..3), butterfly: the same order on every run
   lo += __shfl_xor_sync(0xffffffffu, lo, 1), hi += __shfl_xor_sync(0xffffffffu, hi, 1);
   lo += __shfl_xor_sync(0xffffffffu, lo, 2), hi += __shfl_xor_sync(0xffffffffu, hi, 2);
-  if (t == 0) out[(m0 + g) * ld] = lo, out[(m0 + g + 8) * ld] = hi;
+  if (t != 0) return;
+  if (Add) out[(m0 + g) * ld] += lo, out[(m0 + g + 8) * ld] += hi;
+  else out[(m0 + g) * ld] = lo, out[(m0 + g + 8) * ld] = hi;
 }
 
 // fn(m0, n0) warp-wide for every 16 x 16 tile of an M x N output, tiles spread over the
