@@ -93,11 +93,13 @@ def main():
     ap.add_argument("--ours")
     ap.add_argument("--skip-fla", action="store_true", help="only the PyTorch peers")
     ap.add_argument("--skip-torch", action="store_true", help="only the FLA peer (no PyTorch chunked peers)")
+    ap.add_argument("--fla-kernels", action="store_true",
+                    help="also FLA's time per kernel (torch.profiler over its fwd+bwd), to set beside ours per kernel")
     args = ap.parse_args()
     ours = read_ours(args.ours)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     if args.skip_torch:
-        fla_peer(ours)
+        fla_peer(ours, kernels=args.fla_kernels)
         return
     torch.manual_seed(0)
     x = inputs(1, 2, 128, 32, 48, torch.float64)
@@ -120,7 +122,7 @@ def main():
     if args.skip_fla:
         return
     try:
-        fla_peer(ours)
+        fla_peer(ours, kernels=args.fla_kernels)
     except Exception:  # noqa: BLE001 (the eager figures above stand on their own)
         import traceback
         traceback.print_exc()
@@ -166,7 +168,7 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def fla_peer(ours, B=4, H=30, T=4096, dk=96, dv=192):
+def fla_peer(ours, B=4, H=30, T=4096, dk=96, dv=192, kernels=False):
     desc = fla_describe()
     if desc is None:
         print("FLA peer skipped (flash-linear-attention not importable)")
@@ -219,6 +221,28 @@ def fla_peer(ours, B=4, H=30, T=4096, dk=96, dv=192):
         o = ours.get(key, (float("nan"),))[0]
         print(f"{what:34s} {ms:9.3f} {o:9.3f} {ms / o:6.2f}")
     print("ratio = FLA ms / ours ms (> 1: ours faster)" + (" -- " + note if note else ""))
+    if kernels:
+        kernel_table(fwd_bwd, reps=5)
+
+
+def kernel_table(fn, reps):
+    """GPU time per kernel of fn (after the timing above: compiled, tuned), the mean per call of
+    fn over reps calls, by torch.profiler's CUDA activity, longest first."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    def gpu_us(e):  # device_time_total from torch 2.4 on, cuda_time_total before
+        return getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+    rows = [(gpu_us(e) / reps, e.count / reps, e.key) for e in prof.key_averages() if gpu_us(e) > 0]
+    rows.sort(reverse=True)
+    print(f"\nper kernel, mean per fwd+bwd call over {reps} calls:")
+    print(f"{'us':>9s} {'calls':>6s}  kernel")
+    for us, n, name in rows:
+        print(f"{us:9.1f} {n:6.1f}  {name[:100]}")
+    print(f"{sum(r[0] for r in rows):9.1f}         total")
 
 
 if __name__ == "__main__":
