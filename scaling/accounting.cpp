@@ -118,11 +118,12 @@ double attention_mixer_acts(const ModelConfig& m) {
 
 double gdn_mixer_acts(const ModelConfig& m, int64_t T) {
   const GdnDims g(m);
-  double a = 3.0 * double(g.conv_channels)        // q k v: projections, conv pre-activation, after SiLU
-             + 2.0 * double(g.qk) + 2 * m.gdn_n_heads  // L2-normalised q, k and their norms
-             + 4.0 * double(g.Hv)                 // a, b projections, decay g, beta
-             + 3.0 * double(g.v)                  // core output, gate projection, normed output
-             + double(g.Hv);                      // gated norm rstd
+  // = layers/gated_deltanet.h visit_gdn_acts / (B T)
+  double a = 3.0 * double(g.conv_channels)  // q k v: projections, conv pre-activations, after SiLU (q, k L2-normalised)
+             + 2 * m.gdn_n_heads            // q, k norms
+             + 3.0 * double(g.Hv)           // a projection, decay g, beta
+             + 3.0 * double(g.v)            // core output, gate projection, normed output
+             + double(g.Hv);                // gated norm rstd
   if (m.gdn_chunk > 0) {
     const int64_t n_chunks = (T + m.gdn_chunk - 1) / m.gdn_chunk;
     a += double(g.Hv * m.gdn_d_head_k * m.gdn_d_head_v) * double(n_chunks) / double(T);

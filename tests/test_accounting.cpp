@@ -5,7 +5,8 @@
 #include <string>
 
 #include "core/config.h"
-#include "layers/mamba2.h"  // header-only visit_params / visit_acts, to cross-check the Mamba2 counts
+#include "layers/gated_deltanet.h"  // header-only visit_acts, to cross-check the GDN activations
+#include "layers/mamba2.h"          // header-only visit_params / visit_acts, to cross-check the Mamba2 counts
 #include "scaling/accounting.h"
 
 using namespace hysim;
@@ -89,6 +90,23 @@ TEST_CASE("accounting: Mamba2 counts by hand and against layers/mamba2.h") {
     visit_acts(c, B, T, acts, [&](float*&, const char*, int64_t k) { n_acts += k; });
     const double block = 6 * v.d_model + 2 + 3 * v.d_mlp;
     CHECK(block_acts_per_token(v, 'M', T) == doctest::Approx(block + double(n_acts) / double(B * T)).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("accounting: GDN activations against layers/gated_deltanet.h") {
+  for (int variant = 0; variant < 3; ++variant) {
+    ModelConfig m;  // GGGA
+    if (variant == 1) m.gdn_n_v_heads = 8, m.gdn_chunk = 16;
+    if (variant == 2) m.gdn_chunk = 0;  // the recurrence: no chunk states, no T
+    GdnConfig c;
+    c.d_model = m.d_model, c.n_heads = m.gdn_n_heads, c.n_v_heads = m.gdn_n_v_heads, c.d_head_k = m.gdn_d_head_k;
+    c.d_head_v = m.gdn_d_head_v, c.conv_size = m.gdn_conv, c.chunk_size = m.gdn_chunk;
+    const int64_t B = 2, T = 100;  // T not a multiple of the chunk: a partial last chunk
+    GdnActs<float> acts;
+    int64_t n_acts = 0;
+    visit_acts(c, B, T, acts, [&](float*&, const char*, int64_t k) { n_acts += k; });
+    const double block = 6 * m.d_model + 2 + 3 * m.d_mlp;
+    CHECK(block_acts_per_token(m, 'G', T) == doctest::Approx(block + double(n_acts) / double(B * T)).epsilon(1e-12));
   }
 }
 
