@@ -10,8 +10,8 @@
 //   O = scale (diag(Gam) Q S^T + (Q K^T o decay) Delta)        (scale = dk^-0.5)
 //   S' = Gam_{L-1} S + Delta^T diag(decay(L-1, .)) K
 // and the state entering each chunk saved to chunk_states (what the backward reads).
-// Only S carries from chunk to chunk, so three kernels: W and U per chunk (all chunks at
-// once); the state pass per slice of value columns (Delta = U - W S^T and S', two small
+// Only S carries from chunk to chunk, so three kernels: T, W and U per chunk (all chunks at
+// once; T saved for the backward, which would otherwise invert it again); the state pass per slice of value columns (Delta = U - W S^T and S', two small
 // products per chunk, in order; S in registers for bf16 storage); the output per chunk. The
 // backward is split the same way (section "core backward").
 //
@@ -49,7 +49,9 @@ struct GdnDims {
 // T = (I + A)^-1 for A strictly lower triangular (L x L, row stride ld; what is stored on and
 // above the diagonal is ignored), in place: on return Tm holds T with its unit diagonal and
 // zeros above. In blocks of 16 rows: each diagonal block by forward substitution (a warp per
-// block, a lane per column: 15 steps with warp barriers only), then row block i from the
+// block, a lane per column, the column in registers: rows in turn, each a sum over the rows
+// above, with no barrier and no shared-memory round trip between rows; the block's other
+// warps wait at the next barrier, so this chain is their time), then row block i from the
 // rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i), two products through tmp [16,
 // mma_stride(L)]. The chunk's two triangular solves then become products with T (tensor
 // cores for bf16 storage) instead of L block-wide barrier steps. Every thread of the block
@@ -59,21 +61,29 @@ __device__ void unit_lower_inverse(int L, float* Tm, int ld, float* tmp) {
   const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp, nb = (L + 15) / 16;
   const int lt = mma_stride(L);
   for (int blk = warp; blk < nb; blk += Threads / kWarp) {
-    const int b0 = blk * 16, b1 = min(L, b0 + 16), j = b0 + lane;  // lane owns column j of its block
-    for (int r = b0 + 1; r < b1; ++r) {
-      float val = 0.f;
-      if (j < r) {
-        val = -Tm[r * ld + j];
-        for (int c = j + 1; c < r; ++c) val -= Tm[r * ld + c] * Tm[c * ld + j];
+    const int b0 = blk * 16, bs = min(16, L - b0), j = lane % 16;  // lanes j and j + 16 alike
+    // col[r] = T_b(r, j) of the diagonal block: 0 above the diagonal, 1 on it, and below
+    // T(r, j) = -sum_{c < r} A(r, c) T(c, j) (the terms c < j vanish with T(c, j)).
+    float col[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+      float acc0 = 0.f, acc1 = 0.f;  // two chains: half the dependent adds per row
+#pragma unroll
+      for (int c = 0; c < r; ++c) {
+        const float a = r < bs ? Tm[(b0 + r) * ld + b0 + c] : 0.f;  // the same word for every lane
+        if (c % 2) acc1 = fmaf(a, col[c], acc1); else acc0 = fmaf(a, col[c], acc0);
       }
-      __syncwarp();
-      if (j < r) Tm[r * ld + j] = val;
-      __syncwarp();
+      col[r] = r < j ? 0.f : r == j ? 1.f : -(acc0 + acc1);
     }
+    __syncwarp();  // every lane has read its rows of A before any writes over them
+    if (lane < 16 && j < bs)
+#pragma unroll
+      for (int r = 0; r < 16; ++r)
+        if (r < bs) Tm[(b0 + r) * ld + b0 + j] = col[r];
   }
-  // The diagonal and above are not read by the substitution above: set them now.
+  // Above the diagonal blocks (not read by the substitution above): zeros.
   for_each_index<Threads>(L, L, [&](int r, int c) {
-    if (c >= r) Tm[r * ld + c] = c == r ? 1.f : 0.f;
+    if (c / 16 > r / 16) Tm[r * ld + c] = 0.f;
   });
   __syncthreads();
   for (int r0 = 16; r0 < L; r0 += 16) {
@@ -146,6 +156,31 @@ __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* s
   });
 }
 
+// load_rows (unscaled) of a tile whose padded width ColsPad is a compile-time constant and whose
+// padded height rows_pad is at most MaxRows (the register state passes' per-chunk tiles): the
+// copies unrolled, each one's row and column by a constant divisor (the general loop's index
+// arithmetic and branches were about half of those passes' instructions).
+template <int Threads, int ColsPad, int MaxRows>
+__device__ __forceinline__ void load_tile(bf16* dst, int ld, int rows_pad, const bf16* src, int64_t src_ld, int rows,
+                                          int cols) {
+  static_assert(ColsPad % 8 == 0, "whole 16-byte copies");
+  if (cols % 8 == 0 && src_ld % 8 == 0 && aligned16(src)) {
+    constexpr unsigned kVC = ColsPad / 8;
+    constexpr int kIters = (MaxRows * int(kVC) + Threads - 1) / Threads;
+#pragma unroll
+    for (int u = 0; u < kIters; ++u) {
+      const unsigned i = threadIdx.x + unsigned(u * Threads);
+      const int r = int(i / kVC), c = int(i % kVC) * 8;
+      if (r < rows_pad) {
+        const bool in = r < rows && c < cols;
+        cp_async16(dst + r * ld + c, in ? src + r * src_ld + c : src, in ? 16 : 0);
+      }
+    }
+    return;
+  }
+  load_rows<Threads>(dst, ld, rows_pad, ColsPad, src, src_ld, rows, cols, Unit{});
+}
+
 // Completes this thread's cp.async copies (load_rows), then the block barrier that publishes
 // them and every other shared-memory write.
 __device__ __forceinline__ void publish() {
@@ -206,27 +241,35 @@ __device__ void load_gates(float* gam, float* bet, float* Gam, float* dend, cons
   __syncthreads();
 }
 
-// The chunk's WY factors from K and the gates in shared memory: T = (I + A)^-1 (inverted in
-// fp32 in Tf, tmp its scratch) rounded into Tb [Cp, sc], and W = T diag(beta Gam) K into
-// W [Cp, sk] (Kb holds diag(beta Gam) K); both zero-padded. Ends with a barrier.
+// W = T diag(beta Gam) K into W [Cp, sk] (zero-padded) from T in Tb [Cp, sc] and K in shared
+// memory; Kb holds diag(beta Gam) K. Ends with a barrier.
 template <int Threads, class E>
-__device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, const float* gam, const float* bet,
-                         const float* Gam, int L, int dk, int Cp, int sk, int sc, int ldf) {
+__device__ void chunk_w(E* W, E* Kb, const E* Tb, const E* K, const float* bet, const float* Gam, int L, int dk, int Cp,
+                        int sk, int sc) {
   const int dkp = round16(dk);
   for_each_index<Threads>(Cp, dkp, [&](int r, int e) {
     Kb[r * sk + e] = from_f32<E>(r < L ? bet[r] * Gam[r] * to_f32(K[r * sk + e]) : 0.f);
   });
-  smem_product<Threads>(L, L, dkp, smem_op(K, sk), smem_op(K, sk), [&](int r, int c, float kk) {
-    Tf[r * ldf + c] = c < r ? bet[r] * expf(gam[r] - gam[c]) * kk : 0.f;
-  });
-  __syncthreads();
-  unit_lower_inverse<E, Threads>(L, Tf, ldf, tmp);
-  for_each_index<Threads>(Cp, Cp, [&](int r, int c) { Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f); });
   __syncthreads();
   smem_product<Threads>(Cp, dkp, Cp, smem_op(Tb, sc), smem_op_t(Kb, sk), [&](int r, int e, float acc) {
     W[r * sk + e] = from_f32<E>(r < L && e < dk ? acc : 0.f);
   });
   __syncthreads();
+}
+
+// The chunk's WY factors from K and the gates in shared memory: T = (I + A)^-1 (inverted in
+// fp32 in Tf, tmp its scratch) rounded into Tb [Cp, sc], and W (chunk_w); both zero-padded.
+// Ends with a barrier.
+template <int Threads, class E>
+__device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, const float* gam, const float* bet,
+                         const float* Gam, int L, int dk, int Cp, int sk, int sc, int ldf) {
+  smem_product<Threads>(L, L, round16(dk), smem_op(K, sk), smem_op(K, sk), [&](int r, int c, float kk) {
+    Tf[r * ldf + c] = c < r ? bet[r] * expf(gam[r] - gam[c]) * kk : 0.f;
+  });
+  __syncthreads();
+  unit_lower_inverse<E, Threads>(L, Tf, ldf, tmp);
+  for_each_index<Threads>(Cp, Cp, [&](int r, int c) { Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f); });
+  chunk_w<Threads>(W, Kb, Tb, K, bet, Gam, L, dk, Cp, sk, sc);  // its first barrier publishes Tb
 }
 
 // rows x cols of a shared-memory matrix (row stride ld) to global memory (row stride dst_ld).
@@ -273,12 +316,13 @@ struct GdnWyLayout {
   }
 };
 
-// Per chunk: W = T diag(beta Gam) K and U = (T diag(beta)) V to scratch ([B Hv, Tn, dk], [B Hv,
+// Per chunk: T = (I + A)^-1 to t_inv ([B Hv, NC, C, C], L x L per chunk: an activation, the
+// backward's), W = T diag(beta Gam) K and U = (T diag(beta)) V to scratch ([B Hv, Tn, dk], [B Hv,
 // Tn, dv]), and gam = cumsum(g) ([B Hv, NC, Cp], zero-padded) for the state pass. K and the first value tile (all of V where it fits: value_tile) are in flight
 // together with the gates, so the chunk waits for global memory once.
 template <class E, class TG>
 __global__ void __launch_bounds__(kChunkThreads)
-    gdn_fwd_wy_kernel(E* __restrict__ w_out, E* __restrict__ u_out, float* __restrict__ gam_out,
+    gdn_fwd_wy_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ u_out, float* __restrict__ gam_out,
                       const E* __restrict__ k, const E* __restrict__ v, const TG* __restrict__ beta,
                       const TG* __restrict__ g, GdnDims d, int bv) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -310,6 +354,7 @@ __global__ void __launch_bounds__(kChunkThreads)
   for (int i = int(threadIdx.x); i < Cp; i += kChunkThreads)  // for the state pass: [Cp] per chunk, 0 past L
     gam_out[(head * d.NC + kc) * Cp + i] = i < L ? gam[i] : 0.f;
   chunk_wy<kChunkThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
+  store_rows<kChunkThreads>(t_inv + (head * d.NC + kc) * d.C * d.C, d.C, Tb, sc, L, L);
   store_rows<kChunkThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
   for_each_index<kChunkThreads>(Cp, Cp, [&](int r, int c) {  // Tu = T diag(beta), rounded once
     Tu[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ly.ldf + c] * bet[c] : 0.f);
@@ -423,6 +468,15 @@ __device__ __forceinline__ void load_chunk_gam(float* G, const float* gam, int64
 template <int NF>
 __device__ __forceinline__ void store_state_rows(bf16* dst, const float (&S)[NF][4], int nv, int dk) {
   const int lane = int(threadIdx.x) % kWarp, gq = lane / 4, t = lane % 4;
+  if (nv == 16 && dk == 8 * NF) {  // whole rows (dk a multiple of 16): bf16 pairs, no tests
+    bf16* p = dst + gq * dk + 2 * t;
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<__nv_bfloat162*>(p + 8 * h * dk + 8 * j) = __floats2bfloat162_rn(S[j][2 * h], S[j][2 * h + 1]);
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < NF; ++j)
 #pragma unroll
@@ -561,10 +615,11 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
   const auto issue_loads = [&](int kc) {
     const int s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
-    load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.cols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
-                                nv_block, Unit{});
+    constexpr int kCols = 16 * kStateRegsWarps;  // ly.cols
+    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.K), sk, Cp, k + bt0 * QK + qk_off, QK, L, dk);
+    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.W), sk, Cp, w + (head * d.Tn + t0) * dk, dk, L, dk);
+    load_tile<kThreadsPerBlock, kCols, kMaxChunk>(tile(s, ly.U), su, Cp, ud + (head * d.Tn + t0) * d.dv + e0, d.dv,
+                                                  L, nv_block);
     load_chunk_gam<kThreadsPerBlock>(reinterpret_cast<float*>(smem + s * ly.stage + ly.G), gam, head, d, kc, Cp);
   };
 
@@ -693,10 +748,10 @@ __global__ void __launch_bounds__(kChunkThreads)
 // lists the formulas), split where the chunks depend on each other (dS, the gradient w.r.t.
 // the state leaving a chunk, flows from the last chunk to the first) so that everything else
 // runs one block per chunk:
-//   1. gdn_bwd_prepare_kernel (per chunk): T = (I + A)^-1, W = T diag(beta Gam) K,
-//      Delta = T diag(beta) V - W S^T (S from the forward's chunk_states) and the chunk-local
-//      part of dDelta, P^T dOs (P = Q K^T o decay, lower; dOs = scale dO): T, W, Delta and
-//      dDelta, and gam = cumsum(g) per chunk, to scratch.
+//   1. gdn_bwd_prepare_kernel (per chunk): with T = (I + A)^-1 from the forward (t_inv),
+//      W = T diag(beta Gam) K, Delta = T diag(beta) V - W S^T (S from the forward's
+//      chunk_states) and the chunk-local part of dDelta, P^T dOs (P = Q K^T o decay, lower;
+//      dOs = scale dO): W, Delta and dDelta, and gam = cumsum(g) per chunk, to scratch.
 //   2. the dS pass (per slice of value columns, chunks in reverse): completes
 //      dDelta += diag(dend) K dS^T, saves dS, then dS <- Gam_{L-1} dS + (Gam dOs)^T Q - dDelta^T W
 //      (fp32 across chunks; three small products per chunk): gdn_bwd_state_regs_kernel for
@@ -717,15 +772,15 @@ constexpr int kPrepThreads = 256;
 
 template <class E>
 struct GdnPrepLayout {
-  int Cp, sk, sc, sv, ldf;
-  size_t K, Q, Kb, W, Tf, tmp, Tb, P, Vb, dO, S, vec, total;
+  int Cp, sk, sc, sv;
+  size_t K, Q, Kb, W, Tb, P, Vb, dO, S, vec, total;
   __host__ __device__ GdnPrepLayout(int dk, int bv, int C) {
-    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv), ldf = mma_stride(C);
+    Cp = round16(C), sk = tile_stride(dk), sc = tile_stride(C), sv = tile_stride(bv);
     SmemCarve m;
     K = m.take<E>(Cp * sk), Q = m.take<E>(Cp * sk), W = m.take<E>(Cp * sk);
     Tb = m.take<E>(Cp * sc), P = m.take<E>(Cp * sc);
-    SmemCarve wy = m;  // chunk_wy's scratch, dead once T and W are made: the value tiles reuse it
-    Kb = wy.take<E>(Cp * sk), Tf = wy.take<float>(C * ldf), tmp = wy.take<float>(16 * ldf);
+    SmemCarve wy = m;  // chunk_w's scratch, dead once W is made: the value tiles reuse it
+    Kb = wy.take<E>(Cp * sk);
     Vb = m.take<E>(Cp * sv), dO = m.take<E>(Cp * sv), S = m.take<E>(round16(bv) * sk);
     if (wy.bytes > m.bytes) m = wy;
     vec = m.take<float>(4 * Cp);
@@ -735,8 +790,8 @@ struct GdnPrepLayout {
 
 template <class E, class TG>
 __global__ void __launch_bounds__(kPrepThreads, 2)
-    gdn_bwd_prepare_kernel(E* __restrict__ t_inv, E* __restrict__ w_out, E* __restrict__ delta,
-                           E* __restrict__ d_delta, float* __restrict__ gam_out, const E* __restrict__ q,
+    gdn_bwd_prepare_kernel(E* __restrict__ w_out, E* __restrict__ delta, E* __restrict__ d_delta,
+                           float* __restrict__ gam_out, const E* __restrict__ t_inv, const E* __restrict__ q,
                            const E* __restrict__ k, const E* __restrict__ v, const TG* __restrict__ beta, const TG* __restrict__ g,
                            const E* __restrict__ d_o, const E* __restrict__ chunk_states, GdnDims d, int bv,
                            float scale) {
@@ -747,8 +802,6 @@ __global__ void __launch_bounds__(kPrepThreads, 2)
   E* Q = reinterpret_cast<E*>(smem + ly.Q);
   E* Kb = reinterpret_cast<E*>(smem + ly.Kb);
   E* W = reinterpret_cast<E*>(smem + ly.W);
-  float* Tf = reinterpret_cast<float*>(smem + ly.Tf);
-  float* tmp = reinterpret_cast<float*>(smem + ly.tmp);
   E* Tb = reinterpret_cast<E*>(smem + ly.Tb);
   E* P = reinterpret_cast<E*>(smem + ly.P);
   E* Vb = reinterpret_cast<E*>(smem + ly.Vb);
@@ -763,15 +816,15 @@ __global__ void __launch_bounds__(kPrepThreads, 2)
   const int64_t QK = int64_t(d.H) * dk, DV = int64_t(d.Hv) * d.dv, qk_off = int64_t(hv / (d.Hv / d.H)) * dk;
   load_rows<kPrepThreads>(K, sk, Cp, dkp, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
   load_rows<kPrepThreads>(Q, sk, Cp, dkp, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
+  load_rows<kPrepThreads>(Tb, sc, Cp, Cp, t_inv + (head * d.NC + kc) * d.C * d.C, d.C, L, L, Unit{});
   load_gates<kPrepThreads>(gam, bet, Gam, dend, g, beta, bt0, d.Hv, hv, L);
   // gam per chunk (zero-padded to Cp) for the register state pass.
   for (int i = int(threadIdx.x); i < Cp; i += kPrepThreads) gam_out[(head * d.NC + kc) * Cp + i] = i < L ? gam[i] : 0.f;
-  // P = Q K^T o decay (lower); T and W (chunk_wy) to scratch for the other kernels.
+  // P = Q K^T o decay (lower); W (the forward's, from its T) to scratch for the other kernels.
   smem_product<kPrepThreads>(Cp, Cp, dkp, smem_op(Q, sk), smem_op(K, sk), [&](int r, int c, float qk) {
     P[r * sc + c] = from_f32<E>(c <= r && r < L ? qk * expf(gam[r] - gam[c]) : 0.f);
   });
-  chunk_wy<kPrepThreads>(Tb, W, Kb, Tf, tmp, K, gam, bet, Gam, L, dk, Cp, sk, sc, ly.ldf);
-  store_rows<kPrepThreads>(t_inv + (head * d.NC + kc) * d.C * d.C, d.C, Tb, sc, L, L);
+  chunk_w<kPrepThreads>(W, Kb, Tb, K, bet, Gam, L, dk, Cp, sk, sc);
   store_rows<kPrepThreads>(w_out + (head * d.Tn + t0) * dk, dk, W, sk, L, dk);
   // Per value tile: Delta = T diag(beta) V - W S^T and dDelta = P^T dOs.
   const E* cs = chunk_states + (head * d.NC + kc) * d.dv * dk;
@@ -888,13 +941,14 @@ __global__ void __launch_bounds__(Warps * kWarp)
   const auto issue_loads = [&](int kc) {
     const int s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
-    load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.Q), sk, Cp, 16 * NK, q + bt0 * QK + qk_off, QK, L, dk, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.cols, d_delta + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
-                                nv_block, Unit{});
-    load_rows<kThreadsPerBlock>(tile(s, ly.dO), su, Cp, ly.cols, d_o + bt0 * DV + int64_t(hv) * d.dv + e0, DV, L,
-                                nv_block, Unit{});
+    constexpr int kCols = 16 * Warps;  // ly.cols
+    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.K), sk, Cp, k + bt0 * QK + qk_off, QK, L, dk);
+    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.Q), sk, Cp, q + bt0 * QK + qk_off, QK, L, dk);
+    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.W), sk, Cp, w + (head * d.Tn + t0) * dk, dk, L, dk);
+    load_tile<kThreadsPerBlock, kCols, kMaxChunk>(tile(s, ly.U), su, Cp, d_delta + (head * d.Tn + t0) * d.dv + e0,
+                                                  d.dv, L, nv_block);
+    load_tile<kThreadsPerBlock, kCols, kMaxChunk>(tile(s, ly.dO), su, Cp, d_o + bt0 * DV + int64_t(hv) * d.dv + e0,
+                                                  DV, L, nv_block);
     load_chunk_gam<kThreadsPerBlock>(reinterpret_cast<float*>(smem + s * ly.stage + ly.G), gam, head, d, kc, Cp);
   };
 
@@ -1410,8 +1464,8 @@ void launch_bwd_state_regs(Context& ctx, bf16* d_states, bf16* d_delta, const bf
 }
 
 template <class T, class TG>
-void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
-                   const TG* beta, const TG* g, int64_t B, int64_t Tn) {
+void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, T* t_inv, const T* q, const T* k,
+                   const T* v, const TG* beta, const TG* g, int64_t B, int64_t Tn) {
   check_core("gdn_chunk_forward", c, B, Tn);
   if (B <= 0 || Tn <= 0) return;
   const GdnDims d = gdn_dims(c, Tn);
@@ -1436,7 +1490,8 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
   float* gam = ctx.scratch.alloc<float>(heads * d.NC * round16(d.C), "gdn forward gam = cumsum(g) per chunk");
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
   const dim3 per_chunk(unsigned(d.NC), unsigned(c.n_v_heads), unsigned(B));
-  gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(w, ud, gam, k, v, beta, g, d, bv_wy);
+  gdn_fwd_wy_kernel<T, TG><<<per_chunk, kChunkThreads, smem_wy, ctx.stream>>>(t_inv, w, ud, gam, k, v, beta, g, d,
+                                                                                  bv_wy);
   CUDA_CHECK_LAUNCH("gdn_fwd_wy_kernel", shapes);
   if constexpr (std::is_same_v<T, bf16>) {
     if (state_in_registers<T>(d)) launch_fwd_state_regs(ctx, chunk_states, ud, k, w, gam, d, int(B), max_smem, shapes);
@@ -1454,8 +1509,8 @@ void chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, cons
 
 template <class T, class TG>
 void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* dbeta, TG* dg, const T* d_o,
-                    const T* q, const T* k, const T* v, const TG* beta, const TG* g, const T* chunk_states, int64_t B,
-                    int64_t Tn) {
+                    const T* q, const T* k, const T* v, const TG* beta, const TG* g, const T* chunk_states,
+                    const T* t_inv, int64_t B, int64_t Tn) {
   check_core("gdn_chunk_backward", c, B, Tn);
   if (B <= 0 || Tn <= 0) return;
   const GdnDims d = gdn_dims(c, Tn);
@@ -1481,8 +1536,7 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   set_smem(grads_kernel, smem_grad, max_smem, shapes, "gdn_bwd_grads_kernel");
 
   ArenaScope scope(ctx.scratch);
-  const int64_t heads = B * c.n_v_heads, NC = d.NC, C = d.C;
-  T* t_inv = ctx.scratch.alloc<T>(heads * NC * C * C, "gdn backward T = (I + A)^-1 per chunk");
+  const int64_t heads = B * c.n_v_heads, NC = d.NC;
   T* w = ctx.scratch.alloc<T>(heads * Tn * d.dk, "gdn backward W");
   T* delta = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn backward Delta");
   T* d_delta = ctx.scratch.alloc<T>(heads * Tn * d.dv, "gdn backward dDelta");
@@ -1495,7 +1549,7 @@ void chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, TG* d
   const float scale = float(1.0 / std::sqrt(double(c.d_head_k)));
   const dim3 per_chunk(unsigned(NC), unsigned(c.n_v_heads), unsigned(B));
   gdn_bwd_prepare_kernel<T, TG><<<per_chunk, kPrepThreads, smem_prep, ctx.stream>>>(
-      t_inv, w, delta, d_delta, gam, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
+      w, delta, d_delta, gam, t_inv, q, k, v, beta, g, d_o, chunk_states, d, bv_prep, scale);
   CUDA_CHECK_LAUNCH("gdn_bwd_prepare_kernel", shapes);
   const bool regs = state_in_registers<T>(d);
   if constexpr (std::is_same_v<T, bf16>) {
@@ -1529,28 +1583,26 @@ size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn
   return storage_bytes * heads * size_t(Tn * (c.d_head_k + c.d_head_v)) + gam + 3 * DeviceArena::round_up(1);
 }
 
-// Scratch of gdn_chunk_backward: T per chunk, W, Delta, dDelta, dS per chunk in the storage
-// type, fp32 gam per chunk, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
+// Scratch of gdn_chunk_backward: W, Delta, dDelta, dS per chunk in the storage type, fp32 gam per chunk, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
 size_t gdn_chunk_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes) {
   const int64_t heads = B * c.n_v_heads, NC = c.n_chunks(Tn), C = c.chunk_size;
-  size_t n = storage_bytes * size_t(heads * (NC * C * C + Tn * (c.d_head_k + 2 * c.d_head_v) +
-                                             NC * c.d_head_v * c.d_head_k));
+  size_t n = storage_bytes * size_t(heads * (Tn * (c.d_head_k + 2 * c.d_head_v) + NC * c.d_head_v * c.d_head_k));
   n += sizeof(float) * size_t(heads * NC * round16(int(C)));  // gam per chunk
   if (c.n_v_heads > c.n_heads) n += 2 * sizeof(float) * size_t(heads * Tn * c.d_head_k);
-  return n + 8 * DeviceArena::round_up(1);
+  return n + 7 * DeviceArena::round_up(1);
 }
 
 template <class T>
-void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
-                       const T* beta, const T* g, int64_t B, int64_t Tn) {
-  chunk_forward<T, T>(ctx, c, o, chunk_states, q, k, v, beta, g, B, Tn);
+void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, T* t_inv, const T* q, const T* k,
+                       const T* v, const T* beta, const T* g, int64_t B, int64_t Tn) {
+  chunk_forward<T, T>(ctx, c, o, chunk_states, t_inv, q, k, v, beta, g, B, Tn);
 }
 
 template <class T>
 void gdn_chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, T* dbeta, T* dg, const T* d_o,
                         const T* q, const T* k, const T* v, const T* beta, const T* g, const T* chunk_states,
-                        int64_t B, int64_t Tn) {
-  chunk_backward<T, T>(ctx, c, dq, dk, dv, dbeta, dg, d_o, q, k, v, beta, g, chunk_states, B, Tn);
+                        const T* t_inv, int64_t B, int64_t Tn) {
+  chunk_backward<T, T>(ctx, c, dq, dk, dv, dbeta, dg, d_o, q, k, v, beta, g, chunk_states, t_inv, B, Tn);
 }
 
 // ---- the full layer -------------------------------------------------------------------
@@ -1728,7 +1780,7 @@ void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, con
       a.beta, a.g, a.a_in, p.A_log, p.dt_bias, BT * Hv, int(Hv), beta_scale);
   CUDA_CHECK_LAUNCH("beta_decay_forward_kernel", shapes);
 
-  chunk_forward<bf16, float>(ctx, c, a.o, a.chunk_states, a.q, a.k, a.v, a.beta, a.g, B, Tn);
+  chunk_forward<bf16, float>(ctx, c, a.o, a.chunk_states, a.t_inv, a.q, a.k, a.v, a.beta, a.g, B, Tn);
 
   linear_forward<bf16, bf16>(ctx, a.gate, x, p.g_proj, BT, D, DV);
   const auto gated_norm_forward = dv % 8 == 0 && aligned16(a.o_gated, a.o, a.gate, p.o_norm)
@@ -1777,8 +1829,8 @@ void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, co
   rmsnorm_backward<bf16>(ctx, nullptr, grad.o_norm, d_og, a.o, p.o_norm, a.o_rstd, BT * Hv, dv);
   linear_backward<bf16, bf16>(ctx, dx, grad.g_proj, d_gate, x, p.g_proj, BT, D, DV);
 
-  chunk_backward<bf16, float>(ctx, c, d_q, d_k, d_v, d_beta, d_g, d_o, a.q, a.k, a.v, a.beta, a.g, a.chunk_states, B,
-                              Tn);
+  chunk_backward<bf16, float>(ctx, c, d_q, d_k, d_v, d_beta, d_g, d_o, a.q, a.k, a.v, a.beta, a.g, a.chunk_states,
+                              a.t_inv, B, Tn);
 
   const float beta_scale = c.allow_neg_eigval ? 2.f : 1.f;
   beta_decay_backward_kernel<<<unsigned(Hv), kThreads, 0, ctx.stream>>>(d_b, d_a, grad.A_log, grad.dt_bias, d_beta,
@@ -1804,10 +1856,10 @@ void gdn_backward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, co
 }
 
 #define INSTANTIATE(T)                                                                                           \
-  template void gdn_chunk_forward<T>(Context&, const GdnConfig&, T*, T*, const T*, const T*, const T*, const T*,    \
-                                     const T*, int64_t, int64_t);                                                 \
+  template void gdn_chunk_forward<T>(Context&, const GdnConfig&, T*, T*, T*, const T*, const T*, const T*,        \
+                                     const T*, const T*, int64_t, int64_t);                                       \
   template void gdn_chunk_backward<T>(Context&, const GdnConfig&, T*, T*, T*, T*, T*, const T*, const T*, const T*, \
-                                      const T*, const T*, const T*, const T*, int64_t, int64_t);
+                                      const T*, const T*, const T*, const T*, const T*, int64_t, int64_t);
 INSTANTIATE(float)
 INSTANTIATE(bf16)
 

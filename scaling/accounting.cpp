@@ -127,6 +127,9 @@ double gdn_mixer_acts(const ModelConfig& m, int64_t T) {
   if (m.gdn_chunk > 0) {
     const int64_t n_chunks = (T + m.gdn_chunk - 1) / m.gdn_chunk;
     a += double(g.Hv * m.gdn_d_head_k * m.gdn_d_head_v) * double(n_chunks) / double(T);
+    // T = (I + A)^-1 per chunk, which the CUDA backend saves for its backward (C^2 per chunk
+    // and value head; the CPU recomputes it, so this overstates a CPU run by ~C Hv per token)
+    a += double(g.Hv * m.gdn_chunk * m.gdn_chunk) * double(n_chunks) / double(T);
   }
   return a;
 }

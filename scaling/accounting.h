@@ -86,7 +86,7 @@ double six_nd(const ModelConfig& m, double tokens);
 // tensors. Mamba2 follows layers/mamba2.h visit_acts exactly; attention and GDN follow
 // what their layers save (q, k, v after norm/RoPE, attention output and row statistics;
 // GDN projections before and after the conv, normalised q/k, gates, core output, gated
-// norm, chunk states).
+// norm, chunk states and, as the CUDA backend saves it, T = (I + A)^-1 per chunk).
 double block_acts_per_token(const ModelConfig& m, char letter, int64_t seq_len);
 
 struct MemoryOptions {

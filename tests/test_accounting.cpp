@@ -93,7 +93,7 @@ TEST_CASE("accounting: Mamba2 counts by hand and against layers/mamba2.h") {
   }
 }
 
-TEST_CASE("accounting: GDN activations against layers/gated_deltanet.h") {
+TEST_CASE("accounting: GDN activations against layers/gated_deltanet.h and the CUDA backend's T") {
   for (int variant = 0; variant < 3; ++variant) {
     ModelConfig m;  // GGGA
     if (variant == 1) m.gdn_n_v_heads = 8, m.gdn_chunk = 16;
@@ -105,6 +105,8 @@ TEST_CASE("accounting: GDN activations against layers/gated_deltanet.h") {
     GdnActs<float> acts;
     int64_t n_acts = 0;
     visit_acts(c, B, T, acts, [&](float*&, const char*, int64_t k) { n_acts += k; });
+    // + core/cuda/layers.h's t_inv: C x C per chunk and value head
+    n_acts += B * c.n_v_heads * c.n_chunks(T) * c.chunk_size * c.chunk_size;
     const double block = 6 * m.d_model + 2 + 3 * m.d_mlp;
     CHECK(block_acts_per_token(m, 'G', T) == doctest::Approx(block + double(n_acts) / double(B * T)).epsilon(1e-12));
   }

@@ -50,13 +50,14 @@ constexpr double TOL_LAYER_DECAY = 3e-2;  // A_log, dt_bias
 // v and dO standard normal. Rounded to bf16 for the bf16 runs (the CPU gets the same values).
 struct CoreInputs {
   hysim::GdnConfig c;
-  int64_t B, Tn, nqk, nv, ng, ncs;
+  int64_t B, Tn, nqk, nv, ng, ncs, nt;
   std::vector<float> q, k, v, beta, g, d_o;
   CoreInputs(int64_t B_, int64_t Tn_, int64_t H, int64_t Hv, int64_t dk, int64_t dv, int64_t chunk, uint64_t seed,
              bool bf)
       : B(B_), Tn(Tn_) {
     c.n_heads = H, c.n_v_heads = Hv, c.d_head_k = dk, c.d_head_v = dv, c.chunk_size = chunk;
     nqk = B * Tn * H * dk, nv = B * Tn * Hv * dv, ng = B * Tn * Hv, ncs = B * Hv * c.n_chunks(Tn) * dv * dk;
+    nt = B * Hv * c.n_chunks(Tn) * chunk * chunk;
     auto round = [&](std::vector<float> x) { return bf ? round_to_bf16(x) : x; };
     auto unit_rows = [&](std::vector<float> x) {
       for (int64_t r = 0; r < int64_t(x.size()) / dk; ++r) {
@@ -98,7 +99,8 @@ void check_gdn(int64_t B, int64_t Tn, int64_t H, int64_t Hv, int64_t dk, int64_t
           *b_d = dd.upload<T>(in.beta), *g_d = dd.upload<T>(in.g);
   T* o = dd.alloc_poisoned<T>(in.nv);
   T* cs = dd.alloc_poisoned<T>(in.ncs);
-  gdn_chunk_forward(ctx, in.c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn);
+  T* t_inv = dd.alloc_poisoned<T>(in.nt);
+  gdn_chunk_forward(ctx, in.c, o, cs, t_inv, q_d, k_d, v_d, b_d, g_d, B, Tn);
   CHECK(report("o", dd.download(o, in.nv), o_ref, tol) < tol);
   // chunk 0's entering state is 0 (max_rel needs a nonzero reference: compare all chunks).
   CHECK(report("chunk_states", dd.download(cs, in.ncs), cs_ref, tol) < tol);
@@ -127,13 +129,14 @@ void check_gdn_backward(int64_t B, int64_t Tn, int64_t H, int64_t Hv, int64_t dk
           *b_d = dd.upload<T>(in.beta), *g_d = dd.upload<T>(in.g), *do_d = dd.upload<T>(in.d_o);
   T* o = dd.alloc_poisoned<T>(in.nv);
   T* cs = dd.alloc_poisoned<T>(in.ncs);
-  gdn_chunk_forward(ctx, in.c, o, cs, q_d, k_d, v_d, b_d, g_d, B, Tn);
+  T* t_inv = dd.alloc_poisoned<T>(in.nt);
+  gdn_chunk_forward(ctx, in.c, o, cs, t_inv, q_d, k_d, v_d, b_d, g_d, B, Tn);
   T* dq = dd.alloc_poisoned<T>(in.nqk);
   T* dk_ = dd.alloc_poisoned<T>(in.nqk);
   T* dv_ = dd.alloc_poisoned<T>(in.nv);
   T* db = dd.alloc_poisoned<T>(in.ng);
   T* dg = dd.alloc_poisoned<T>(in.ng);
-  gdn_chunk_backward(ctx, in.c, dq, dk_, dv_, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, B, Tn);
+  gdn_chunk_backward(ctx, in.c, dq, dk_, dv_, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, t_inv, B, Tn);
   const auto dq1 = dd.download(dq, in.nqk), dk1 = dd.download(dk_, in.nqk), dv1 = dd.download(dv_, in.nv),
              db1 = dd.download(db, in.ng), dg1 = dd.download(dg, in.ng);
   CHECK(report("dq", dq1, dq_ref, tol) < tol);
@@ -143,7 +146,7 @@ void check_gdn_backward(int64_t B, int64_t Tn, int64_t H, int64_t Hv, int64_t dk
   CHECK(report("dg", dg1, dg_ref, tol) < tol);
   // Deterministic: no atomics, the same bits again.
   dd.poison(dq, in.nqk), dd.poison(dk_, in.nqk), dd.poison(dv_, in.nv), dd.poison(db, in.ng), dd.poison(dg, in.ng);
-  gdn_chunk_backward(ctx, in.c, dq, dk_, dv_, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, B, Tn);
+  gdn_chunk_backward(ctx, in.c, dq, dk_, dv_, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, t_inv, B, Tn);
   CHECK(dd.download(dq, in.nqk) == dq1);
   CHECK(dd.download(dk_, in.nqk) == dk1);
   CHECK(dd.download(dv_, in.nv) == dv1);

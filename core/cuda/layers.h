@@ -143,18 +143,19 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
 // ---- Gated DeltaNet chunked core (layers/gated_deltanet.cu) -------------------------
 // hysim::gdn_chunk_forward on the device, same layouts: q, k [B, Tn, H dk] (L2-normalised),
 // v, o [B, Tn, Hv dv], beta, g [B, Tn, Hv]; chunk_states [B, Hv, n_chunks, dv, dk] (the state
-// entering each chunk) written for the backward. Storage T (fp32 or bf16), fp32 accumulation
-// (bf16 storage: products on the tensor cores with bf16 operands). Three kernels (per chunk:
-// W and U; per 32 value columns, chunks in order: the state; per chunk: the output), W and U
-// in ctx.scratch (gdn_chunk_forward_scratch_bytes). C = chunk_size <= 64; throws naming the
+// entering each chunk) and t_inv [B, Hv, n_chunks, C, C] (T = (I + A)^-1 of each chunk, L x L
+// of a last chunk of L < C tokens) written for the backward, which would otherwise invert
+// every chunk again. Storage T (fp32 or bf16), fp32 accumulation (bf16 storage: products on
+// the tensor cores with bf16 operands). Three kernels (per chunk: T, W and U; per 32 value
+// columns, chunks in order: the state; per chunk: the output), W and U in ctx.scratch (gdn_chunk_forward_scratch_bytes). C = chunk_size <= 64; throws naming the
 // need if a kernel's shared memory does not fit even at 16 value columns per tile.
 size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes);
 template <class T>
-void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, const T* q, const T* k, const T* v,
-                       const T* beta, const T* g, int64_t B, int64_t Tn);
+void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, T* t_inv, const T* q, const T* k,
+                       const T* v, const T* beta, const T* g, int64_t B, int64_t Tn);
 // hysim::gdn_chunk_backward on the device: dq, dk, dv, dbeta, dg overwritten (shaped like q,
-// k, v, beta, g), from the chunk_states the forward saved. Three chunk-parallel kernels
-// (per chunk: T, W, Delta and the chunk-local dDelta; per 32 value columns, chunks in
+// k, v, beta, g), from the chunk_states and t_inv the forward saved. Three chunk-parallel
+// kernels (per chunk: W, Delta and the chunk-local dDelta; per 32 value columns, chunks in
 // reverse: dS and the rest of dDelta; per chunk: the gradients), their intermediates in
 // ctx.scratch (gdn_chunk_backward_scratch_bytes). Value heads of a q/k head (Hv > H) are
 // summed in order from fp32 scratch. Deterministic (no atomics). Throws naming the need if a
@@ -163,7 +164,7 @@ size_t gdn_chunk_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t T
 template <class T>
 void gdn_chunk_backward(Context& ctx, const GdnConfig& c, T* dq, T* dk, T* dv, T* dbeta, T* dg, const T* d_o,
                         const T* q, const T* k, const T* v, const T* beta, const T* g, const T* chunk_states,
-                        int64_t B, int64_t Tn);
+                        const T* t_inv, int64_t B, int64_t Tn);
 
 // Full GDN layer (layers/gated_deltanet.cu), the CPU's gdn_forward/backward on the device:
 // projections by cuBLASLt, the q/k/v convs + SiLU by short_conv_forward/backward, L2 norm of
@@ -191,11 +192,13 @@ struct GdnActsCuda {
   bf16* gate = nullptr;          // [B, T, Hv dv]  g_proj output
   bf16* o_gated = nullptr;       // [B, T, Hv dv]  o_proj input
   bf16* chunk_states = nullptr;  // [B, Hv, n_chunks, dv, dk] state entering each chunk
+  bf16* t_inv = nullptr;         // [B, Hv, n_chunks, C, C] T = (I + A)^-1 per chunk (the CPU recomputes it)
 };
 // Binds every field: v(field, "name", numel) with field a bf16*& or float*& (the model sizes
 // its activation arena with this, as the CPU's visit_acts).
 template <class V> void visit_acts(const GdnConfig& c, int64_t B, int64_t Tn, GdnActsCuda& a, V&& v) {
   visit_gdn_acts(c, B, Tn, a, v);  // the CPU's field list (layers/gated_deltanet.h)
+  v(a.t_inv, "t_inv", B * c.n_v_heads * c.n_chunks(Tn) * c.chunk_size * c.chunk_size);
 }
 void gdn_forward(Context& ctx, const GdnConfig& c, const GdnParams<bf16>& p, const GdnActsCuda& a, bf16* y,
                  const bf16* x, int64_t B, int64_t Tn);
