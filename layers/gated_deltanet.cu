@@ -11,9 +11,10 @@
 //   S' = Gam_{L-1} S + Delta^T diag(decay(L-1, .)) K
 // and the state entering each chunk saved to chunk_states (what the backward reads).
 // Only S carries from chunk to chunk, so three kernels: T, W and U per chunk (all chunks at
-// once; T saved for the backward, which would otherwise invert it again); the state pass per slice of value columns (Delta = U - W S^T and S', two small
-// products per chunk, in order; S in registers for bf16 storage); the output per chunk. The
-// backward is split the same way (section "core backward").
+// once; T saved for the backward, which would otherwise invert it again); the state pass per
+// slice of value columns (Delta = U - W S^T and S', two small products per chunk, in order; S
+// in registers for bf16 storage); the output per chunk. The backward is split the same way
+// (section "core backward").
 //
 // Operands live in shared memory in the storage type, whole chunk matrices, multiplied by
 // smem_product (core/cuda/device_util.cuh): bf16 by ldmatrix + mma.sync m16n8k16 with fp32
@@ -268,7 +269,9 @@ __device__ void chunk_wy(E* Tb, E* W, E* Kb, float* Tf, float* tmp, const E* K, 
   });
   __syncthreads();
   unit_lower_inverse<E, Threads>(L, Tf, ldf, tmp);
-  for_each_index<Threads>(Cp, Cp, [&](int r, int c) { Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f); });
+  for_each_index<Threads>(Cp, Cp, [&](int r, int c) {
+    Tb[r * sc + c] = from_f32<E>(r < L && c < L ? Tf[r * ldf + c] : 0.f);
+  });
   chunk_w<Threads>(W, Kb, Tb, K, bet, Gam, L, dk, Cp, sk, sc);  // its first barrier publishes Tb
 }
 
@@ -474,7 +477,8 @@ __device__ __forceinline__ void store_state_rows(bf16* dst, const float (&S)[NF]
     for (int j = 0; j < NF; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<__nv_bfloat162*>(p + 8 * h * dk + 8 * j) = __floats2bfloat162_rn(S[j][2 * h], S[j][2 * h + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(p + 8 * h * dk + 8 * j) =
+            __floats2bfloat162_rn(S[j][2 * h], S[j][2 * h + 1]);
     return;
   }
 #pragma unroll
@@ -1583,7 +1587,8 @@ size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn
   return storage_bytes * heads * size_t(Tn * (c.d_head_k + c.d_head_v)) + gam + 3 * DeviceArena::round_up(1);
 }
 
-// Scratch of gdn_chunk_backward: W, Delta, dDelta, dS per chunk in the storage type, fp32 gam per chunk, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
+// Scratch of gdn_chunk_backward: W, Delta, dDelta, dS per chunk in the storage type, fp32 gam
+// per chunk, and per-value-head fp32 dq, dk under GQA (plus the arena's alignment).
 size_t gdn_chunk_backward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes) {
   const int64_t heads = B * c.n_v_heads, NC = c.n_chunks(Tn), C = c.chunk_size;
   size_t n = storage_bytes * size_t(heads * (Tn * (c.d_head_k + 2 * c.d_head_v) + NC * c.d_head_v * c.d_head_k));

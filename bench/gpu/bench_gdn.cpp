@@ -47,7 +47,8 @@ template <class T> void run(Context& ctx, const std::string& name, int64_t B, in
   T* o = arena.alloc<T>(nv);
   T* cs = arena.alloc<T>(B * c.n_v_heads * c.n_chunks(Tn) * c.d_head_v * c.d_head_k);
   T* t_inv = arena.alloc<T>(B * c.n_v_heads * c.n_chunks(Tn) * c.chunk_size * c.chunk_size);
-  const double ms = median_ms(ctx, [&] { gdn_chunk_forward(ctx, c, o, cs, t_inv, q_d, k_d, v_d, b_d, g_d, B, Tn); }, 2, 10);
+  const auto forward = [&] { gdn_chunk_forward(ctx, c, o, cs, t_inv, q_d, k_d, v_d, b_d, g_d, B, Tn); };
+  const double ms = median_ms(ctx, forward, 2, 10);
   std::printf("%-34s %9.3f\n", name.c_str(), ms);
   std::printf("RESULT %s %.4f\n", name.c_str(), ms);
 
@@ -57,10 +58,12 @@ template <class T> void run(Context& ctx, const std::string& name, int64_t B, in
   const T* do_d = upload<T>(ctx, arena, d_o);
   T *dq = arena.alloc<T>(nqk), *dk = arena.alloc<T>(nqk), *dv = arena.alloc<T>(nv), *db = arena.alloc<T>(ng),
     *dg = arena.alloc<T>(ng);
-  auto backward = [&] { gdn_chunk_backward(ctx, c, dq, dk, dv, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, t_inv, B, Tn); };
+  auto backward = [&] {
+    gdn_chunk_backward(ctx, c, dq, dk, dv, db, dg, do_d, q_d, k_d, v_d, b_d, g_d, cs, t_inv, B, Tn);
+  };
   const double bwd = median_ms(ctx, backward, 2, 10);
   const double both = median_ms(ctx, [&] {
-    gdn_chunk_forward(ctx, c, o, cs, t_inv, q_d, k_d, v_d, b_d, g_d, B, Tn);
+    forward();
     backward();
   }, 2, 10);
   const std::string nb = std::string(name) + "_bwd", nfb = std::string(name) + "_fwdbwd";

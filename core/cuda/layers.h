@@ -147,8 +147,9 @@ void short_conv_backward(Context& ctx, T* dx, float* dw, float* dbias, const T* 
 // of a last chunk of L < C tokens) written for the backward, which would otherwise invert
 // every chunk again. Storage T (fp32 or bf16), fp32 accumulation (bf16 storage: products on
 // the tensor cores with bf16 operands). Three kernels (per chunk: T, W and U; per 32 value
-// columns, chunks in order: the state; per chunk: the output), W and U in ctx.scratch (gdn_chunk_forward_scratch_bytes). C = chunk_size <= 64; throws naming the
-// need if a kernel's shared memory does not fit even at 16 value columns per tile.
+// columns, chunks in order: the state; per chunk: the output), W and U in ctx.scratch
+// (gdn_chunk_forward_scratch_bytes). C = chunk_size <= 64; throws naming the need if a
+// kernel's shared memory does not fit even at 16 value columns per tile.
 size_t gdn_chunk_forward_scratch_bytes(const GdnConfig& c, int64_t B, int64_t Tn, size_t storage_bytes);
 template <class T>
 void gdn_chunk_forward(Context& ctx, const GdnConfig& c, T* o, T* chunk_states, T* t_inv, const T* q, const T* k,
