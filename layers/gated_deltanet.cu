@@ -619,11 +619,13 @@ __global__ void __launch_bounds__(kStateRegsWarps * kWarp)
   const auto issue_loads = [&](int kc) {
     const int s = kc % Stages, t0 = kc * d.C, L = min(d.C, d.Tn - t0);
     const int64_t bt0 = int64_t(b) * d.Tn + t0;
-    constexpr int kCols = 16 * kStateRegsWarps;  // ly.cols
-    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.K), sk, Cp, k + bt0 * QK + qk_off, QK, L, dk);
-    load_tile<kThreadsPerBlock, 16 * NK, kMaxChunk>(tile(s, ly.W), sk, Cp, w + (head * d.Tn + t0) * dk, dk, L, dk);
-    load_tile<kThreadsPerBlock, kCols, kMaxChunk>(tile(s, ly.U), su, Cp, ud + (head * d.Tn + t0) * d.dv + e0, d.dv,
-                                                  L, nv_block);
+    // load_rows, not load_tile: at dk 96 load_tile's unrolled copies take this pass from 168 to
+    // 238 registers (ptxas), two blocks per SM instead of three, and B4 H30's 360 blocks from one
+    // wave to two (ncu: 639 -> 920 us). The backward pass keeps load_tile (it gained 210 us there).
+    load_rows<kThreadsPerBlock>(tile(s, ly.K), sk, Cp, 16 * NK, k + bt0 * QK + qk_off, QK, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.W), sk, Cp, 16 * NK, w + (head * d.Tn + t0) * dk, dk, L, dk, Unit{});
+    load_rows<kThreadsPerBlock>(tile(s, ly.U), su, Cp, ly.cols, ud + (head * d.Tn + t0) * d.dv + e0, d.dv, L,
+                                nv_block, Unit{});
     load_chunk_gam<kThreadsPerBlock>(reinterpret_cast<float*>(smem + s * ly.stage + ly.G), gam, head, d, kc, Cp);
   };
 
