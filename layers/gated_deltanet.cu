@@ -158,9 +158,10 @@ __device__ void load_rows(E* dst, int ld, int rows_pad, int cols_pad, const S* s
 }
 
 // load_rows (unscaled) of a tile whose padded width ColsPad is a compile-time constant and whose
-// padded height rows_pad is at most MaxRows (the register state passes' per-chunk tiles): the
-// copies unrolled, each one's row and column by a constant divisor (the general loop's index
-// arithmetic and branches were about half of those passes' instructions).
+// padded height rows_pad is at most MaxRows (the backward register state pass's per-chunk
+// tiles): the copies unrolled, each one's row and column by a constant divisor (the general
+// loop's index arithmetic and branches were about half of that pass's instructions; the forward
+// pass stays on load_rows, whose registers let three blocks share an SM).
 template <int Threads, int ColsPad, int MaxRows>
 __device__ __forceinline__ void load_tile(bf16* dst, int ld, int rows_pad, const bf16* src, int64_t src_ld, int rows,
                                           int cols) {
